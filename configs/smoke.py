@@ -1,0 +1,21 @@
+"""Smoke test: a synthetic 3-task problem on a tiny ResNet-18; seconds on a CPU."""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.data.name = 'synthetic'
+  config.data.download = False
+  config.data.synthetic = ml_collections.ConfigDict(dict(
+      num_classes=6, image_size=16, channels=1, train_per_class=96, test_per_class=32, seed=0))
+  config.scenario.increment = 2
+  config.model.width = 4
+  config.train.epochs = 3
+  config.train.batch_size = 32
+  config.eval_batch_size = 64
+  config.log_every_steps = 4
+  config.checkpoint_every_steps = 4
+  return config

@@ -1,0 +1,59 @@
+"""Entry point: `python -m mfgr_jax.main --config CONFIG [--workdir DIR]`.
+
+Fields of the config can be overridden on the command line, for example
+`--config.method=finetune --config.train.epochs=1`. Running the same command
+again resumes the run in its workdir.
+"""
+
+import logging as std_logging
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from mfgr_jax import train
+from mfgr_jax.errors import UserError
+
+_DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'default.py'
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', str(_DEFAULT_CONFIG), 'Experiment config file (a get_config() module).',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Output folder; default workdirs/<config name>-<method>-seed<seed>.')
+
+
+def default_workdir(config_path: str, method: str, seed: int) -> str:
+  name = pathlib.Path(config_path.split(':')[0]).stem
+  return str(pathlib.Path('workdirs') / f'{name}-{method}-seed{seed}')
+
+
+def _quiet_orbax(record) -> bool:
+  # Orbax logs every phase of every save at INFO; keep its warnings and errors.
+  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  logging.get_absl_handler().addFilter(_quiet_orbax)
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename,
+                                              config.method, config.seed)
+  logging.info('JAX devices: %s', jax.devices())
+  print(f'mfgr_jax: workdir {pathlib.Path(workdir).absolute()}', flush=True)
+  try:
+    results = train.run(config, workdir)
+  except UserError as e:
+    print(f'mfgr_jax: error: {e}', file=sys.stderr)
+    sys.exit(2)
+  print(f"mfgr_jax: done; accuracy per task {[round(a, 2) for a in results['accuracy']]}, "
+        f"results in {pathlib.Path(workdir).absolute() / 'results.json'}", flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)

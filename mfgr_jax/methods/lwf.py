@@ -1,0 +1,26 @@
+"""LwF as the MFGR/MUC code runs it (spec §8.2).
+
+L = (1 - lambda) * CE over the new-class logits + lambda * KD_T(old logits),
+with lambda = C_old / C and the frozen previous model (eval mode) as teacher
+on the same augmented batch. At task 0 lambda = 0 and this is plain CE.
+"""
+
+from mfgr_jax import losses
+from mfgr_jax.methods import Method
+
+
+def make_loss(task, config):
+  weight = task.num_old / task.num_seen
+
+  def loss(logits, labels, teacher_logits):
+    ce = losses.cut_cross_entropy(logits, labels, task.num_old)
+    if not task.num_old:
+      return ce, {'ce': ce}
+    kd = losses.distillation(logits[:, :task.num_old], teacher_logits, config.temperature,
+                             config.scale_by_t_squared)
+    return (1.0 - weight) * ce + weight * kd, {'ce': ce, 'kd': kd}
+
+  return loss
+
+
+METHOD = Method('lwf', uses_teacher=True, trains_on_all_seen=False, make_loss=make_loss)

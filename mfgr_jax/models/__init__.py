@@ -1,0 +1,1 @@
+"""Pure Flax modules: the classifier ResNets and (later) the DAFL generators."""

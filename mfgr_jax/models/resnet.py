@@ -1,0 +1,102 @@
+"""CIFAR-style ResNets (kuangliu / DAFL / MFGR `models/resnet.py`), in Flax linen.
+
+3x3 stem without max-pool, four stages of BasicBlocks, global average pool and
+a linear head. At 32x32 input the last map is 4x4, so the global pool equals the
+code's `avg_pool2d(4)`; it also serves 28x28 (last map 4x4) and 64x64 inputs.
+"""
+
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mfgr_jax.models.layers import InputStatsBatchNorm, Linear, torch_kernel_init
+
+# PyTorch pads 3x3 convs by 1 on each side for every stride; Flax's 'SAME' pads
+# stride-2 convs asymmetrically (0, 1), which shifts the sampling grid.
+_PAD1 = ((1, 1), (1, 1))
+
+STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
+
+class BasicBlock(nn.Module):
+  features: int
+  strides: int
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=torch_kernel_init)
+    norm = functools.partial(InputStatsBatchNorm, axis_name=self.bn_axis_name)
+    y = conv(self.features, (3, 3), (self.strides, self.strides), padding=_PAD1)(x)
+    y = nn.relu(norm()(y, use_running_average=not train))
+    y = conv(self.features, (3, 3), padding=_PAD1)(y)
+    y = norm()(y, use_running_average=not train)
+    shortcut = x
+    if self.strides != 1 or x.shape[-1] != self.features:
+      shortcut = conv(self.features, (1, 1), (self.strides, self.strides), padding='VALID',
+                      name='shortcut_conv')(x)
+      shortcut = norm(name='shortcut_bn')(shortcut, use_running_average=not train)
+    return nn.relu(y + shortcut)
+
+
+class Head(nn.Module):
+  """The linear classifier over the pooled feature; widened between tasks."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, features: jax.Array) -> jax.Array:
+    return Linear(self.num_classes, name='linear')(features)
+
+
+class ResNet(nn.Module):
+  """Returns `(logits, features)`; `features` is the pooled penultimate vector."""
+  num_classes: int
+  stage_blocks: Sequence[int] = STAGE_BLOCKS[18]
+  width: int = 64
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    x = nn.Conv(self.width, (3, 3), padding=_PAD1, use_bias=False,
+                kernel_init=torch_kernel_init, name='stem_conv')(x)
+    x = InputStatsBatchNorm(axis_name=self.bn_axis_name, name='stem_bn')(
+        x, use_running_average=not train)
+    x = nn.relu(x)
+    for stage, num_blocks in enumerate(self.stage_blocks):
+      for block in range(num_blocks):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = BasicBlock(self.width * 2**stage, strides, self.bn_axis_name,
+                       name=f'stage{stage + 1}_block{block + 1}')(x, train)
+    features = jnp.mean(x, axis=(1, 2))
+    return Head(self.num_classes, name='head')(features), features
+
+
+def resnet(depth: int, num_classes: int, width: int = 64,
+           bn_axis_name: str | None = None) -> ResNet:
+  """ResNet-18 or ResNet-34 with base width `width` (64 in the paper)."""
+  if depth not in STAGE_BLOCKS:
+    raise ValueError(f'depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}')
+  return ResNet(num_classes=num_classes, stage_blocks=STAGE_BLOCKS[depth], width=width,
+                bn_axis_name=bn_axis_name)
+
+
+def widen_head(params: dict, num_classes: int, rng: jax.Array) -> dict:
+  """Returns `params` with the head widened to `num_classes` outputs.
+
+  Old rows (kernel columns and bias entries) are kept; the new ones get the
+  same default initialisation a fresh head would get (`set_new_classifier`).
+  """
+  old = params['head']['linear']['dense']
+  feature_dim, old_classes = old['kernel'].shape
+  if num_classes < old_classes:
+    raise ValueError(f'cannot shrink the head from {old_classes} to {num_classes} classes')
+  fresh = Head(num_classes).init(rng, jnp.zeros((1, feature_dim), old['kernel'].dtype))
+  fresh = fresh['params']['linear']['dense']
+  widened = {
+      'kernel': fresh['kernel'].at[:, :old_classes].set(old['kernel']),
+      'bias': fresh['bias'].at[:old_classes].set(old['bias']),
+  }
+  return {**params, 'head': {'linear': {'dense': widened}}}
