@@ -61,7 +61,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn:
       accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
       return loss, (updates['batch_stats'], {**metrics, 'loss': loss, 'train_accuracy': accuracy})
 
-    grads, (batch_stats, metrics) = jax.grad(loss_and_stats, has_aux=True)(state.params)
+    grads, (batch_stats, metrics) = jax.grad(loss_and_stats, has_aux=True)(
+        parallel.per_device(state.params))
     grads, metrics = parallel.pmean((grads, metrics))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),

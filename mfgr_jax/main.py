@@ -37,11 +37,39 @@ def _quiet_orbax(record) -> bool:
   return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
 
 
+def _fail(message: str) -> None:
+  print(f'mfgr_jax: error: {" ".join(message.split())}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, with a one-line error for a bad flag or config override."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(f'{e}; see --helpshort')
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    # ml_collections reports a mistyped field as KeyError('field\nDid you mean ...').
+    _fail(f'bad config override: {e.args[0] if e.args else e}; fields are listed in the config file')
+
+
+def _load_config():
+  filename = flags.FLAGS['config'].config_filename
+  if not pathlib.Path(filename.split(':')[0]).is_file():
+    _fail(f'config file {filename} not found; pass an existing file, e.g. --config configs/default.py')
+  try:
+    return _CONFIG.value
+  except Exception as e:  # pylint: disable=broad-except
+    # The config module itself failed (syntax error, bad import, ...).
+    cause = e.__cause__ or e
+    _fail(f'cannot load config file {filename}: {type(cause).__name__}: {cause}')
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.get_absl_handler().addFilter(_quiet_orbax)
-  config = _CONFIG.value
+  config = _load_config()
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename,
                                               config.method, config.seed)
   logging.info('JAX devices: %s', jax.devices())
@@ -49,11 +77,10 @@ def main(argv: list[str]) -> None:
   try:
     results = train.run(config, workdir)
   except UserError as e:
-    print(f'mfgr_jax: error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
   print(f"mfgr_jax: done; accuracy per task {[round(a, 2) for a in results['accuracy']]}, "
         f"results in {pathlib.Path(workdir).absolute() / 'results.json'}", flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -59,6 +59,18 @@ def check_divisible(batch_size: int, field: str) -> None:
                     f'choose a multiple of {device_count()}')
 
 
+def per_device(tree: Any) -> Any:
+  """Marks replicated values (parameters) as varying across devices.
+
+  Inside `shard_map`, JAX transposes the implicit broadcast of a replicated
+  input into a `psum`, so `jax.grad` w.r.t. replicated parameters returns the
+  *sum* of the per-device gradients. Differentiating w.r.t. `per_device(params)`
+  gives each device its own gradient instead, which `pmean` then averages:
+  exactly pmap's semantics, and the single-device gradient of the global batch.
+  """
+  return jax.lax.pcast(tree, AXIS, to='varying')
+
+
 def pmean(tree: Any) -> Any:
   """Mean over the data-parallel devices (inside a `data_parallel` body)."""
   return jax.lax.pmean(tree, AXIS)

@@ -42,9 +42,13 @@ class Experiment:
   method: Method
   dataset: Dataset
   order: list[int]
-  tasks: list[Task]
+  tasks: list[Task]  # the whole scenario, also when `config.scenario.num_tasks` stops early
   train_targets: np.ndarray  # output index of each training image
   test_targets: np.ndarray
+
+  @property
+  def tasks_to_run(self) -> list[Task]:
+    return self.tasks[:self.config.scenario.num_tasks or len(self.tasks)]
 
   def model(self, num_classes: int):
     return resnet(self.config.model.depth, num_classes, self.config.model.width,
@@ -79,14 +83,15 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   order = class_order(dataset.num_classes, config.scenario.class_order,
                       config.scenario.class_order_seed)
   tasks = make_tasks(order, config.scenario.base_classes, config.scenario.increment)
-  if config.scenario.num_tasks:
-    tasks = tasks[:config.scenario.num_tasks]
+  if not 0 <= config.scenario.num_tasks <= len(tasks):
+    raise UserError(f'scenario.num_tasks={config.scenario.num_tasks} but the scenario has '
+                    f'{len(tasks)} tasks; use 0 (all) or a number up to {len(tasks)}')
   output_of_label = np.empty(dataset.num_classes, np.int32)
   output_of_label[order] = np.arange(dataset.num_classes)
   experiment = Experiment(config, method, dataset, order, tasks,
                           output_of_label[dataset.train_labels],
                           output_of_label[dataset.test_labels])
-  for task in tasks:
+  for task in experiment.tasks_to_run:
     if experiment.steps_per_epoch(task) == 0:
       raise UserError(f'task {task.index} has {len(experiment.train_indices(task))} training '
                       f'images, fewer than train.batch_size={config.train.batch_size}; lower '
@@ -125,8 +130,10 @@ class BatchSampler:
             'aug_key': np.asarray(keys)}
 
 
-def _host(tree: Any) -> Any:
-  return jax.tree_util.tree_map(np.asarray, tree)
+def _variables_like(experiment: Experiment, num_classes: int) -> dict:
+  """Host arrays shaped like the model's variables: a target for restoring."""
+  return parallel.to_host(experiment.model(num_classes).init(
+      jax.random.PRNGKey(0), jnp.zeros((1,) + experiment.dataset.image_shape), train=False))
 
 
 def learn_task(experiment: Experiment, task: Task, previous: dict | None,
@@ -151,7 +158,7 @@ def learn_task(experiment: Experiment, task: Task, previous: dict | None,
   seconds_before = 0.0
   meta = checkpoints.progress_meta()
   if meta is not None and meta['task'] == task.index:
-    state = checkpoints.restore_progress(_host(state))
+    state = checkpoints.restore_progress(parallel.to_host(state))
     seconds_before = meta['train_seconds']
     logging.info('Resuming task %d at step %d/%d', task.index, int(state.step), total_steps)
   first_step = int(state.step)
@@ -189,7 +196,7 @@ def learn_task(experiment: Experiment, task: Task, previous: dict | None,
   stats = {'train_seconds': seconds_before + end - start,
            'images_per_second': (timed_steps * config.train.batch_size / (end - timed_from[1])
                                  if timed_steps else None)}
-  return _host({'params': state.params, 'batch_stats': state.batch_stats}), stats
+  return parallel.to_host({'params': state.params, 'batch_stats': state.batch_stats}), stats
 
 
 def evaluate(experiment: Experiment, task: Task, variables: dict) -> dict:
@@ -272,9 +279,7 @@ def _load_task0(experiment: Experiment, task: Task) -> tuple[dict, str]:
   expected['tasks'] = expected['tasks'][:1]
   saved = {**saved, 'tasks': saved['tasks'][:1]}
   _check_fingerprint(saved, expected, f'the task-0 model in {source}')
-  target = _host(experiment.model(task.num_seen).init(
-      jax.random.PRNGKey(0), jnp.zeros((1,) + experiment.dataset.image_shape), train=False))
-  variables, _ = other.restore_task(0, target)
+  variables, _ = other.restore_task(0, _variables_like(experiment, task.num_seen))
   other.close()
   return variables, str(source)
 
@@ -295,16 +300,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if last is not None:
     meta = checkpoints.task_meta(last)
     _check_fingerprint(meta['fingerprint'], experiment.fingerprint(), f'workdir {workdir}')
-    target = _host(experiment.model(experiment.tasks[last].num_seen).init(
-        jax.random.PRNGKey(0), jnp.zeros((1,) + experiment.dataset.image_shape), train=False))
-    previous, meta = checkpoints.restore_task(last, target)
+    previous, meta = checkpoints.restore_task(
+        last, _variables_like(experiment, experiment.tasks[last].num_seen))
     results, start = meta['results'], last + 1
     logging.info('Resuming after task %d from %s', last, workdir)
 
-  offsets = np.cumsum([0] + [experiment.total_steps(t) for t in experiment.tasks])
+  offsets = np.cumsum([0] + [experiment.total_steps(t) for t in experiment.tasks_to_run])
   progress = periodic_actions.ReportProgress(num_train_steps=int(offsets[-1]), writer=writer,
                                              every_secs=30)
-  for task in experiment.tasks[start:]:
+  for task in experiment.tasks_to_run[start:]:
     logging.info('Task %d/%d: %d classes (%d old), %d training images', task.index,
                  len(experiment.tasks) - 1, task.num_new, task.num_old,
                  len(experiment.train_indices(task)))

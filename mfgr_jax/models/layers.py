@@ -56,7 +56,7 @@ class InputStatsBatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
-    if self.is_mutable_collection(BN_INPUT_MOMENTS):
+    if self.is_mutable_collection(BN_INPUT_MOMENTS) and not self.is_initializing():
       reduce_axes = tuple(range(x.ndim - 1))
       x32 = x.astype(jnp.float32)
       moments = (jnp.mean(x32, axis=reduce_axes), jnp.mean(jnp.square(x32), axis=reduce_axes))

@@ -1,0 +1,190 @@
+"""Loaders on miniature files in the official formats, written by the tests."""
+
+import io
+import pathlib
+import pickle
+import tarfile
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from tensorflow_datasets.core.download import checksums
+from tensorflow_datasets.image_classification.cifar import Cifar100
+
+from mfgr_jax.data import augment
+from mfgr_jax.data.idx import read_idx, write_idx
+from mfgr_jax.data.loading import load_dataset
+from mfgr_jax.errors import UserError
+
+CIFAR100_BINARY_URL = 'https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz'
+
+
+def _data_config(name, tmp_path, **kw):
+  return ml_collections.ConfigDict(dict(name=name, data_dir=str(tmp_path / 'tfds'),
+                                        manual_dir=str(tmp_path / 'manual'), download=False, **kw))
+
+
+def _images(n, shape, seed):
+  return np.random.default_rng(seed).integers(0, 256, (n,) + shape, dtype=np.uint8)
+
+
+@pytest.mark.parametrize('name', ['x.idx', 'x.idx.gz'])
+def test_idx_roundtrip(tmp_path, name):
+  array = _images(5, (3, 4), 0)
+  write_idx(tmp_path / name, array)
+  np.testing.assert_array_equal(read_idx(tmp_path / name), array)
+
+
+def test_idx_rejects_truncated_files(tmp_path):
+  write_idx(tmp_path / 'x.idx', _images(5, (3, 4), 0))
+  raw = (tmp_path / 'x.idx').read_bytes()
+  (tmp_path / 'x.idx').write_bytes(raw[:-3])
+  with pytest.raises(ValueError, match='truncated'):
+    read_idx(tmp_path / 'x.idx')
+
+
+def _write_fashion(manual, train_n=30, test_n=10, labels_n=None):
+  manual.mkdir(parents=True)
+  splits = {}
+  for prefix, n, seed in [('train', train_n, 1), ('t10k', test_n, 2)]:
+    images, labels = _images(n, (28, 28), seed), np.arange(labels_n or n, dtype=np.uint8) % 10
+    write_idx(manual / f'{prefix}-images-idx3-ubyte.gz', images)
+    write_idx(manual / f'{prefix}-labels-idx1-ubyte.gz', labels)
+    splits[prefix] = images, labels
+  return splits
+
+
+def test_fashion_mnist_from_idx_files_in_manual_dir(tmp_path):
+  written = _write_fashion(tmp_path / 'manual')
+  dataset = load_dataset(_data_config('fashion_mnist', tmp_path))
+  assert dataset.train_images.shape == (30, 28, 28, 1)
+  assert dataset.train_images.dtype == np.uint8
+  # TFDS may store examples in any order; compare as (image, label) multisets.
+  for images, labels, (want_images, want_labels) in [
+      (dataset.train_images, dataset.train_labels, written['train']),
+      (dataset.test_images, dataset.test_labels, written['t10k'])]:
+    got = sorted((l, i.tobytes()) for i, l in zip(images[..., 0], labels))
+    want = sorted((l, i.tobytes()) for i, l in zip(want_images, want_labels))
+    assert got == want
+  assert dataset.class_names[0] == 'T-shirt/top' and dataset.num_classes == 10
+  # A second load reuses the prepared dataset, even without the manual files.
+  for f in (tmp_path / 'manual').iterdir():
+    f.unlink()
+  assert load_dataset(_data_config('fashion_mnist', tmp_path)).train_images.shape[0] == 30
+
+
+def test_fashion_mnist_malformed_files_give_one_line_error(tmp_path):
+  _write_fashion(tmp_path / 'manual', labels_n=29)
+  with pytest.raises(UserError, match=r'preparing fashion_mnist_idx from files in .* failed') as e:
+    load_dataset(_data_config('fashion_mnist', tmp_path))
+  assert '\n' not in str(e.value)
+
+
+def test_missing_data_says_where_it_looked_and_how_to_fix(tmp_path):
+  (tmp_path / 'manual').mkdir()
+  with pytest.raises(UserError) as e:
+    load_dataset(_data_config('fashion_mnist', tmp_path))
+  message = str(e.value)
+  assert '\n' not in message
+  assert str(tmp_path / 'manual') in message and str(tmp_path / 'tfds') in message
+  assert 'apt-get install dataset-fashion-mnist' in message
+
+
+def test_unknown_dataset(tmp_path):
+  with pytest.raises(UserError, match="unknown dataset 'mnist'"):
+    load_dataset(_data_config('mnist', tmp_path))
+
+
+def _cifar_split(n, seed):
+  """Images whose R, G, B planes differ, as the official rows store them."""
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+  fine = rng.integers(0, 100, n)
+  coarse = fine // 5
+  return images, fine, coarse
+
+
+def _add_file(tar, name, data):
+  info = tarfile.TarInfo(name)
+  info.size = len(data)
+  tar.addfile(info, io.BytesIO(data))
+
+
+def test_cifar100_from_python_archive(tmp_path):
+  (tmp_path / 'manual').mkdir()
+  splits = {'train': _cifar_split(12, 0), 'test': _cifar_split(6, 1)}
+  with tarfile.open(tmp_path / 'manual' / 'cifar-100-python.tar.gz', 'w:gz') as tar:
+    meta = {'fine_label_names': [f'fine{i}' for i in range(100)],
+            'coarse_label_names': [f'coarse{i}' for i in range(20)]}
+    _add_file(tar, 'cifar-100-python/meta', pickle.dumps(meta))
+    for split, (images, fine, coarse) in splits.items():
+      rows = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)  # R plane, G plane, B plane
+      batch = {'data': rows, 'fine_labels': fine.tolist(), 'coarse_labels': coarse.tolist(),
+               'filenames': [f'{i}.png' for i in range(len(images))]}
+      _add_file(tar, f'cifar-100-python/{split}', pickle.dumps(batch))
+  dataset = load_dataset(_data_config('cifar100', tmp_path))
+  _assert_same_examples(dataset, splits)
+  assert dataset.class_names[:2] == ['fine0', 'fine1']
+
+
+def test_cifar100_from_binary_archive_through_tfds(tmp_path, monkeypatch):
+  (tmp_path / 'manual').mkdir()
+  archive = tmp_path / 'manual' / 'cifar-100-binary.tar.gz'
+  splits = {'train': _cifar_split(10, 2), 'test': _cifar_split(4, 3)}
+  with tarfile.open(archive, 'w:gz') as tar:
+    for split, (images, fine, coarse) in splits.items():
+      records = np.concatenate([coarse[:, None], fine[:, None],
+                                images.transpose(0, 3, 1, 2).reshape(len(images), 3072)], 1)
+      _add_file(tar, f'cifar-100-binary/{split}.bin', records.astype(np.uint8).tobytes())
+    _add_file(tar, 'cifar-100-binary/fine_label_names.txt',
+              '\n'.join(f'f{i}' for i in range(100)).encode())
+    _add_file(tar, 'cifar-100-binary/coarse_label_names.txt',
+              '\n'.join(f'c{i}' for i in range(20)).encode())
+  # TFDS accepts a manual file only if it matches the registered checksum of
+  # the real archive; register the miniature's instead.
+  monkeypatch.setattr(Cifar100, 'url_infos', {CIFAR100_BINARY_URL: checksums.compute_url_info(archive)})
+  dataset = load_dataset(_data_config('cifar100', tmp_path))
+  _assert_same_examples(dataset, splits)
+
+
+def _assert_same_examples(dataset, splits):
+  for images, labels, (want_images, want_labels, _) in [
+      (dataset.train_images, dataset.train_labels, splits['train']),
+      (dataset.test_images, dataset.test_labels, splits['test'])]:
+    assert images.shape == want_images.shape
+    got = sorted((int(l), i.tobytes()) for i, l in zip(images, labels))
+    want = sorted((int(l), i.tobytes()) for i, l in zip(want_images, want_labels))
+    assert got == want
+
+
+def test_cifar100_corrupt_archive_is_a_one_line_error(tmp_path):
+  (tmp_path / 'manual').mkdir()
+  (tmp_path / 'manual' / 'cifar-100-python.tar.gz').write_bytes(b'not a tarball')
+  with pytest.raises(UserError, match='cifar100_python') as e:
+    load_dataset(_data_config('cifar100', tmp_path))
+  assert '\n' not in str(e.value)
+
+
+def test_synthetic_is_deterministic_and_learnable_shape():
+  config = ml_collections.ConfigDict(dict(name='synthetic', synthetic=dict(
+      num_classes=3, image_size=12, channels=2, train_per_class=4, test_per_class=2, seed=5)))
+  a, b = load_dataset(config), load_dataset(config)
+  np.testing.assert_array_equal(a.train_images, b.train_images)
+  assert a.train_images.shape == (12, 12, 12, 2) and a.test_images.shape == (6, 12, 12, 2)
+  assert np.bincount(a.train_labels).tolist() == [4, 4, 4]
+
+
+def test_augment_crops_flips_and_normalises_per_example_key():
+  image = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1).repeat(64, 0)
+  keys = jax.random.split(jax.random.PRNGKey(0), 64)
+  out = np.asarray(augment.augment(image, keys, padding=1, flip=True, mean=(0.0,), std=(1.0 / 255,)))
+  assert out.shape == (64, 4, 4, 1)
+  # Every output is a shifted (zero-filled) and possibly mirrored copy of the input.
+  src = np.pad(np.arange(16.0).reshape(4, 4), 1)
+  candidates = [src[i:i + 4, j:j + 4][:, ::f] for i in range(3) for j in range(3) for f in (1, -1)]
+  distinct = {next(k for k, c in enumerate(candidates) if np.array_equal(o[..., 0], c)) for o in out}
+  assert len(distinct) > 6  # not the same crop every time
+  # The same key gives the same augmentation.
+  again = augment.augment(image[:2], keys[:2], padding=1, flip=True, mean=(0.0,), std=(1.0 / 255,))
+  np.testing.assert_array_equal(again, out[:2])

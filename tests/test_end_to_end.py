@@ -1,0 +1,149 @@
+"""Whole runs of the entry point on the synthetic smoke config."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+from mfgr_jax import train
+from mfgr_jax.errors import UserError
+
+from conftest import REPO, run_main
+
+SMOKE = str(REPO / 'configs' / 'smoke.py')
+# Wall-clock fields: the only ones allowed to differ between equal runs.
+TIMING = ('seconds', 'train_images_per_second')
+
+
+def _comparable(results):
+  return {k: v for k, v in results.items() if k not in TIMING}
+
+
+def _load(workdir):
+  return json.loads((pathlib.Path(workdir) / 'results.json').read_text())
+
+
+@pytest.fixture(scope='module')
+def lwf_run(tmp_path_factory):
+  """An uninterrupted LwF smoke run through the command line."""
+  workdir = tmp_path_factory.mktemp('lwf')
+  proc = run_main(f'--config={SMOKE}', f'--workdir={workdir}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, proc
+
+
+def test_smoke_run_writes_results_report_and_tensorboard(lwf_run):
+  workdir, proc = lwf_run
+  assert f'mfgr_jax: workdir {workdir}' in proc.stdout
+  results = _load(workdir)
+  assert results['method'] == 'lwf' and results['dataset'] == 'synthetic'
+  assert results['tasks'] == [[0, 1], [2, 3], [4, 5]]
+  assert len(results['accuracy']) == 3
+  for t, row in enumerate(results['accuracy_matrix']):
+    assert len(row) == t + 1  # lower-triangular
+  assert results['accuracy'][0] > 90  # the synthetic classes are learnable
+  assert results['average_incremental_accuracy'] == pytest.approx(np.mean(results['accuracy']))
+  assert results['old_accuracy'][0] is None and results['old_accuracy'][2] is not None
+  assert np.sum(results['confusion_matrix'][2]) == 6 * 32
+  assert set(results['per_class_accuracy'][2]) == {str(c) for c in range(6)}
+  assert '| after \\ on |' in (workdir / 'report.md').read_text()
+  assert json.loads((workdir / 'config.json').read_text())['method'] == 'lwf'
+  events = event_accumulator.EventAccumulator(str(workdir))
+  events.Reload()
+  tags = set(events.Tags()['scalars']) | set(events.Tags()['tensors'])
+  assert {'train/loss', 'train/kd', 'eval/accuracy', 'eval/old_accuracy'} <= tags
+
+
+@pytest.mark.parametrize('method', ['finetune', 'oracle'])
+def test_other_methods_run(smoke_config, tmp_path, method):
+  smoke_config.method = method
+  smoke_config.scenario.num_tasks = 2
+  results = train.run(smoke_config, str(tmp_path))
+  assert results['method'] == method and len(results['accuracy']) == 2
+  # Oracle trains on the old classes too, so it must keep them better than finetune forgets them.
+  if method == 'oracle':
+    assert results['accuracy_matrix'][1][0] > 60
+
+
+def test_same_config_same_results(smoke_config, tmp_path, lwf_run):
+  results = train.run(smoke_config, str(tmp_path))
+  assert _comparable(results) == _comparable(_load(lwf_run[0]))
+
+
+def test_resume_after_finished_tasks_gives_identical_results(smoke_config, tmp_path, lwf_run):
+  smoke_config.scenario.num_tasks = 1
+  train.run(smoke_config, str(tmp_path))
+  smoke_config.scenario.num_tasks = 0
+  results = train.run(smoke_config, str(tmp_path))
+  assert results['seconds'][0] == _load(tmp_path)['seconds'][0]
+  assert _comparable(results) == _comparable(_load(lwf_run[0]))
+
+
+def _finished_progress_steps(workdir):
+  folder = pathlib.Path(workdir) / 'checkpoints' / 'progress'
+  return [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.exists() else []
+
+
+def test_kill_9_mid_task_then_rerun_gives_identical_results(tmp_path, lwf_run):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  command = [sys.executable, '-m', 'mfgr_jax.main', f'--config={SMOKE}', f'--workdir={tmp_path}']
+  proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  # Task 0 has 18 steps; wait for a periodic checkpoint inside task 1.
+  deadline = time.time() + 300
+  while not any(s > 18 for s in _finished_progress_steps(tmp_path)):
+    assert proc.poll() is None and time.time() < deadline, 'run ended before a task-1 checkpoint'
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (tmp_path / 'results.json').exists() or len(_load(tmp_path)['accuracy']) < 3
+  rerun = run_main(f'--config={SMOKE}', f'--workdir={tmp_path}')
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert 'Resuming task 1 at step' in rerun.stderr
+  assert _comparable(_load(tmp_path)) == _comparable(_load(lwf_run[0]))
+
+
+def test_task0_model_can_be_shared_between_methods(smoke_config, tmp_path, lwf_run):
+  smoke_config.method = 'finetune'
+  smoke_config.scenario.num_tasks = 2
+  smoke_config.init_from = str(lwf_run[0])
+  results = train.run(smoke_config, str(tmp_path / 'shared'))
+  reference = _load(lwf_run[0])
+  assert results['task0_from'] == str(lwf_run[0])
+  assert results['accuracy'][0] == reference['accuracy'][0]
+  assert results['per_class_accuracy'][0] == reference['per_class_accuracy'][0]
+  smoke_config.model.width = 8
+  with pytest.raises(UserError, match='different model'):
+    train.run(smoke_config, str(tmp_path / 'wider'))
+
+
+def test_resuming_with_another_config_is_refused(smoke_config, lwf_run, tmp_path):
+  smoke_config.method = 'finetune'
+  with pytest.raises(UserError, match='different method'):
+    train.run(smoke_config, str(lwf_run[0]))
+
+
+@pytest.mark.parametrize('override,message', [
+    ('--config.method=ewc2', "unknown method 'ewc2'"),
+    ('--config.data.name=mnist', "unknown dataset 'mnist'"),
+    ('--config.scenario.increment=4', 'cannot split 6 classes'),
+    ('--config.train.batch_size=1000', 'fewer than train.batch_size=1000'),
+    ('--config.scenario.num_tasks=9', 'scenario.num_tasks=9'),
+    ('--config.trian.epochs=1', 'Did you mean "train"'),
+    ('--config.train.epochs=abc', 'flag --config.train.epochs=abc'),
+    ('--bogus=1', "Unknown command line flag 'bogus'"),
+    ('--config=configs/nope.py', 'config file configs/nope.py not found'),
+])
+def test_bad_input_is_one_line_without_traceback(tmp_path, override, message):
+  proc = run_main(f'--config={SMOKE}', f'--workdir={tmp_path}', override, timeout=120)
+  assert proc.returncode == 2
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('mfgr_jax: error:')]
+  assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
