@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.data_dir = ''  # where TFDS keeps prepared data; '' = ~/tensorflow_datasets
   config.data.manual_dir = ''  # official archives; '' = the dataset's usual place
   config.data.download = True  # fall back to TFDS's download when nothing is found locally
+  config.data.max_train_per_class = 0  # >0: a fixed (seed-0) subset of each class's training images
   config.data.crop_padding = 2
   config.data.flip = True
   config.data.synthetic = ml_collections.ConfigDict(dict(
@@ -42,7 +43,34 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.weight_decay = 5e-4
   config.eval_batch_size = 1000
 
-  config.lwf = ml_collections.ConfigDict(dict(temperature=2.0, scale_by_t_squared=False))
+  # Knowledge distillation of lwf and the generator methods: soft-target CE at
+  # this temperature, without Hinton's T^2 factor unless asked (the code has none).
+  config.distillation = ml_collections.ConfigDict(dict(temperature=2.0, scale_by_t_squared=False))
+
+  # Stage I of the generator methods (mfgr, lwf_g_bn, g_bn, lwf_g_base): a fresh
+  # DAFL generator per incremental task, trained against the frozen old model.
+  # The paper's CIFAR setting: 60000 steps at batch 512.
+  config.generator = ml_collections.ConfigDict()
+  config.generator.steps = 300
+  config.generator.batch_size = 256
+  config.generator.learning_rate = 0.01
+  config.generator.latent_dim = 1000
+  config.generator.hidden = 128
+  config.generator.diversity_pairs = 100  # the code: 200 pairs of a 512 batch
+  # Weights of the loss terms; a method uses the subset it names (methods/mfgr.py).
+  # Code defaults; the paper's diversity weight lambda3 = 0.1.
+  config.generator.weights = ml_collections.ConfigDict(dict(
+      one_hot=1.0, class_balance=5.0, activation=0.1, signed_difference=10.0,
+      bn_statistics=20.0, diversity=0.1))
+  config.generator.log_every_steps = 50
+
+  # Stage II: generated images per step next to each real batch.
+  config.replay = ml_collections.ConfigDict()
+  config.replay.generated_batch_size = 256  # the code: 512 with 128 real
+  # 'fixed': always generated_batch_size (the code); 'per_class': as many
+  # generated images per old class as real ones per new class (the paper's 1:1).
+  config.replay.balance = 'fixed'
+  config.replay.single_pass = False  # True: one train-mode pass over generated+real
 
   config.log_every_steps = 50
   config.checkpoint_every_steps = 200

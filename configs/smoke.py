@@ -18,4 +18,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 64
   config.log_every_steps = 4
   config.checkpoint_every_steps = 4
+  config.generator.steps = 12
+  config.generator.batch_size = 32
+  config.generator.hidden = 16
+  config.generator.latent_dim = 32
+  config.generator.diversity_pairs = 8
+  config.generator.log_every_steps = 4
+  config.replay.generated_batch_size = 32
   return config

@@ -33,3 +33,80 @@ def distillation(student_logits: jax.Array, teacher_logits: jax.Array,
   log_student = jax.nn.log_softmax(student_logits / temperature, axis=-1)
   loss = -jnp.mean(jnp.sum(teacher * log_student, axis=-1))
   return loss * temperature**2 if scale_by_t_squared else loss
+
+
+# Stage I (knowledge recording): losses of the generator against the frozen
+# old classifier, each on one generated batch (spec §4).
+
+
+def one_hot_loss(logits: jax.Array) -> jax.Array:
+  """CE of the logits against their own (non-differentiated) argmax: confident samples."""
+  return cross_entropy(logits, jax.lax.stop_gradient(jnp.argmax(logits, axis=-1)))
+
+
+def class_balance_loss(mean_probabilities: jax.Array) -> jax.Array:
+  """sum_c p_c log10 p_c of the batch-mean softmax p: -entropy / ln 10, minimal when balanced.
+
+  Takes the mean prediction (not logits) so that a data-parallel caller can
+  average it over devices first. The code uses log10; `xlogy` makes 0 log 0 = 0
+  where the code has no epsilon.
+  """
+  return jnp.sum(jax.scipy.special.xlogy(mean_probabilities, mean_probabilities)) / jnp.log(10.0)
+
+
+def activation_loss(features: jax.Array) -> jax.Array:
+  """DAFL's activation term: minus the mean absolute pooled feature."""
+  return -jnp.mean(jnp.abs(features))
+
+
+def signed_difference_loss(images: jax.Array) -> jax.Array:
+  """The code's "TV" term: mean of |mean signed neighbour difference| over 4 directions.
+
+  Unlike a total-variation prior, the signed differences telescope, so this is
+  nearly a border term; kept because the official code trains with it (x10).
+  `images` is NHWC.
+  """
+  differences = (images[:, :, :-1] - images[:, :, 1:], images[:, :-1] - images[:, 1:],
+                 images[:, 1:, :-1] - images[:, :-1, 1:], images[:, :-1, :-1] - images[:, 1:, 1:])
+  return sum(jnp.abs(jnp.mean(d)) for d in differences) / 4.0
+
+
+def _safe_norm(x: jax.Array) -> jax.Array:
+  # The unsquared L2 norm has no gradient at 0; this one has gradient 0 there.
+  squared = jnp.sum(jnp.square(x))
+  safe = jnp.where(squared > 0, squared, 1.0)
+  return jnp.where(squared > 0, jnp.sqrt(safe), 0.0)
+
+
+def bn_statistics_loss(layers: list[dict[str, jax.Array]]) -> jax.Array:
+  """Mean over BN layers of ||var - running_var||_2 + ||mean - running_mean||_2.
+
+  `layers` is `models.layers.bn_input_statistics(...)`: the batch mean and
+  biased variance of every BN input of the frozen old model, with its running
+  statistics. Norms are not squared and layers are averaged, as the code.
+  """
+  return jnp.mean(jnp.stack([
+      _safe_norm(layer['var'] - layer['running_var']) +
+      _safe_norm(layer['mean'] - layer['running_mean']) for layer in layers]))
+
+
+def pixel_diversity_loss(images: jax.Array, key: jax.Array, num_pairs: int = 200) -> jax.Array:
+  """Minus the symmetric KL between pixel-softmaxes of random pairs of images.
+
+  Pairs join `num_pairs` distinct images of the batch's first half with as
+  many of its second half (the code's `random.sample`, here keyed). Each image
+  becomes a distribution by a softmax over all its values; minimising this
+  maximises the mean of KL(P||Q) + KL(Q||P), halved. Gradients flow into both.
+  """
+  half = images.shape[0] // 2
+  if num_pairs > half:
+    raise ValueError(f'{num_pairs} diversity pairs need a batch of at least {2 * num_pairs}, '
+                     f'got {images.shape[0]}')
+  first_key, second_key = jax.random.split(key)
+  first = jax.random.choice(first_key, half, (num_pairs,), replace=False)
+  second = half + jax.random.choice(second_key, images.shape[0] - half, (num_pairs,), replace=False)
+  flat = images.reshape(images.shape[0], -1)
+  log_p, log_q = jax.nn.log_softmax(flat[first], -1), jax.nn.log_softmax(flat[second], -1)
+  kl_pq = jnp.sum(jnp.exp(log_p) * (log_p - log_q), -1)
+  kl_qp = jnp.sum(jnp.exp(log_q) * (log_q - log_p), -1)
+  return -0.5 * (jnp.mean(kl_pq) + jnp.mean(kl_qp))

@@ -67,10 +67,33 @@ def per_device(tree: Any) -> Any:
   *sum* of the per-device gradients. Differentiating w.r.t. `per_device(params)`
   gives each device its own gradient instead, which `pmean` then averages:
   exactly pmap's semantics, and the single-device gradient of the global batch.
+
+  A loss term computed from cross-device means (the same value on every
+  device) must also pass through `per_device` before it is added to the local
+  terms, so that its gradient is summed over the devices it depends on rather
+  than counted once per device.
   """
   return jax.lax.pcast(tree, AXIS, to='varying')
+
+
+def sharded_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """N(0, I) noise of a global batch, made inside `jit` with each device's rows on it.
+
+  The values do not depend on the device count (JAX's threefry is
+  partitionable), so generator steps see the same noise on 1 or N devices.
+  """
+  return jax.lax.with_sharding_constraint(jax.random.normal(key, shape),
+                                          NamedSharding(mesh(), SHARDED))
 
 
 def pmean(tree: Any) -> Any:
   """Mean over the data-parallel devices (inside a `data_parallel` body)."""
   return jax.lax.pmean(tree, AXIS)
+
+
+def all_gather(x: jax.Array) -> jax.Array:
+  """The global batch of a per-device array (inside a `data_parallel` body).
+
+  The result is typed invariant (the same on every device), like a `pmean`.
+  """
+  return jax.lax.all_gather(x, AXIS, tiled=True, to='invarying')

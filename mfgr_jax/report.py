@@ -5,6 +5,9 @@ import os
 import pathlib
 from typing import Any
 
+import numpy as np
+import PIL.Image
+
 
 def write_atomic(path: pathlib.Path, text: str) -> None:
   """Writes `text` to `path` so that a kill leaves the old file or the new one."""
@@ -15,6 +18,13 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
 
 def write_json(path: pathlib.Path, data: Any) -> None:
   write_atomic(path, json.dumps(data, indent=1) + '\n')
+
+
+def write_png(path: pathlib.Path, image: np.ndarray) -> None:
+  """Writes a uint8 HxWxC (C = 1 or 3) image as PNG, atomically."""
+  tmp = path.with_name(f'.{path.name}.tmp')
+  PIL.Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format='PNG')
+  os.replace(tmp, path)
 
 
 def _fmt(value: float | None) -> str:
@@ -28,15 +38,17 @@ def results_markdown(results: dict) -> str:
       '',
       f"Class order: {', '.join(map(str, results['class_order']))}",
       '',
-      '| task | classes | accuracy (%) | old (%) | new (%) | train s | img/s |',
-      '|---|---|---|---|---|---|---|',
+      '| task | classes | accuracy (%) | old (%) | new (%) | generator s | classifier s | '
+      'classifier img/s |',
+      '|---|---|---|---|---|---|---|---|',
   ]
   for t, classes in enumerate(results['tasks'][:len(results['accuracy'])]):
     seconds = results['seconds'][t]
     lines.append(
         f"| {t} | {len(classes)} | {_fmt(results['accuracy'][t])} | "
         f"{_fmt(results['old_accuracy'][t])} | {_fmt(results['new_accuracy'][t])} | "
-        f"{seconds['train']:.0f} | {_fmt(results['train_images_per_second'][t])} |")
+        f"{_fmt(seconds.get('generator'))} | {_fmt(seconds['classifier'])} | "
+        f"{_fmt(results['throughput'][t].get('train_images_per_second'))} |")
   lines += ['', 'Accuracy matrix (row: after task t; column: task j):', '',
             '| after \\ on | ' + ' | '.join(str(j) for j in range(len(results['accuracy']))) + ' |',
             '|---' * (len(results['accuracy']) + 1) + '|']

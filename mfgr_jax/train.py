@@ -10,7 +10,7 @@ import dataclasses
 import json
 import pathlib
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 from clu import metric_writers
@@ -22,23 +22,26 @@ import numpy as np
 
 from mfgr_jax import classifier
 from mfgr_jax import evaluation
+from mfgr_jax import inversion
 from mfgr_jax import parallel
 from mfgr_jax import report
 from mfgr_jax.checkpoints import Checkpoints
-from mfgr_jax.data.loading import Dataset, load_dataset
+from mfgr_jax.data.loading import Dataset, limit_per_class, load_dataset
 from mfgr_jax.errors import UserError
 from mfgr_jax.methods import Method, get_method
+from mfgr_jax.models.generator import Generator
 from mfgr_jax.models.resnet import resnet, widen_head
 from mfgr_jax.scenario import Task, class_order, make_tasks
 
 # Sub-streams of a task's key (jax.random.fold_in), one per use.
-_INIT, _HEAD, _ORDER, _AUGMENT = range(4)
+_INIT, _HEAD, _ORDER, _AUGMENT, _GENERATOR_INIT, _GENERATOR_STEPS, _REPLAY, _SAMPLES = range(8)
 
 
 @dataclasses.dataclass
 class Experiment:
   """Everything fixed for a run: data in output-index space, tasks, method."""
   config: ml_collections.ConfigDict
+  workdir: pathlib.Path
   method: Method
   dataset: Dataset
   order: list[int]
@@ -53,6 +56,25 @@ class Experiment:
   def model(self, num_classes: int):
     return resnet(self.config.model.depth, num_classes, self.config.model.width,
                   bn_axis_name=parallel.AXIS)
+
+  def generator(self) -> Generator:
+    height, _, channels = self.dataset.image_shape
+    return Generator(image_size=height, channels=channels,
+                     latent_dim=self.config.generator.latent_dim,
+                     hidden=self.config.generator.hidden, axis_name=parallel.AXIS)
+
+  def generator_steps(self, task: Task) -> int:
+    """Stage I steps of `task`: none at task 0 or for methods without a generator."""
+    return self.config.generator.steps if self.method.generator_terms and task.num_old else 0
+
+  def generated_batch_size(self, task: Task) -> int:
+    """Generated images per stage II step (`config.replay.balance`)."""
+    if self.config.replay.balance == 'fixed':
+      return self.config.replay.generated_batch_size
+    # 'per_class': as many per old class as real images per new class, rounded
+    # up to a multiple of the device count.
+    wanted = self.config.train.batch_size * task.num_old / task.num_new
+    return int(np.ceil(wanted / parallel.device_count()) * parallel.device_count())
 
   def task_key(self, task: Task, stream: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.config.seed), task.index),
@@ -70,16 +92,25 @@ class Experiment:
 
   def fingerprint(self) -> dict:
     """What must match for a checkpoint of this workdir to be resumed."""
-    return {'dataset': self.dataset.name, 'class_order': self.order,
-            'tasks': [list(t.classes) for t in self.tasks], 'method': self.method.name,
-            'model': self.config.model.to_dict()}
+    fingerprint = {'dataset': self.dataset.name,
+                   'max_train_per_class': self.config.data.max_train_per_class,
+                   'class_order': self.order,
+                   'tasks': [list(t.classes) for t in self.tasks], 'method': self.method.name,
+                   'model': self.config.model.to_dict()}
+    if self.method.generator_terms:
+      fingerprint['generator'] = self.config.generator.to_dict()
+    return fingerprint
 
 
-def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
+def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Experiment:
   method = get_method(config.method)
   parallel.check_divisible(config.train.batch_size, 'train.batch_size')
   parallel.check_divisible(config.eval_batch_size, 'eval_batch_size')
+  if method.generator_terms:
+    _check_generator_config(config, method)
   dataset = load_dataset(config.data)
+  if config.data.max_train_per_class:
+    dataset = limit_per_class(dataset, config.data.max_train_per_class)
   order = class_order(dataset.num_classes, config.scenario.class_order,
                       config.scenario.class_order_seed)
   tasks = make_tasks(order, config.scenario.base_classes, config.scenario.increment)
@@ -88,9 +119,17 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
                     f'{len(tasks)} tasks; use 0 (all) or a number up to {len(tasks)}')
   output_of_label = np.empty(dataset.num_classes, np.int32)
   output_of_label[order] = np.arange(dataset.num_classes)
-  experiment = Experiment(config, method, dataset, order, tasks,
+  experiment = Experiment(config, workdir, method, dataset, order, tasks,
                           output_of_label[dataset.train_labels],
                           output_of_label[dataset.test_labels])
+  if method.generator_terms:
+    height, width, _ = dataset.image_shape
+    if height != width or height % 4:
+      raise UserError(f'the generator makes square images whose side is a multiple of 4; '
+                      f'{dataset.name} has {height}x{width}')
+    for task in experiment.tasks_to_run[1:]:
+      parallel.check_divisible(experiment.generated_batch_size(task),
+                               f'the generated batch of task {task.index}')
   for task in experiment.tasks_to_run:
     if experiment.steps_per_epoch(task) == 0:
       raise UserError(f'task {task.index} has {len(experiment.train_indices(task))} training '
@@ -136,11 +175,125 @@ def _variables_like(experiment: Experiment, num_classes: int) -> dict:
       jax.random.PRNGKey(0), jnp.zeros((1,) + experiment.dataset.image_shape), train=False))
 
 
-def learn_task(experiment: Experiment, task: Task, previous: dict | None,
-               checkpoints: Checkpoints, writer: metric_writers.MetricWriter,
-               progress: periodic_actions.ReportProgress, global_offset: int) -> tuple[dict, dict]:
-  """Trains the classifier on `task`; returns (model variables on host, stats)."""
+@dataclasses.dataclass
+class _Outputs:
+  """Where the stages of a task report and checkpoint."""
+  checkpoints: Checkpoints
+  writer: metric_writers.MetricWriter
+  progress: periodic_actions.ReportProgress
+
+
+def _report(outputs: _Outputs, stage: str, task: Task, step: int, total_steps: int,
+            global_step: int, metrics: dict) -> None:
+  scalars = {f'{stage}/{k}': float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+  outputs.writer.write_scalars(global_step, scalars)
+  line = ', '.join(f'{k.split("/", 1)[1]} {v:.4f}' for k, v in scalars.items())
+  if 'class_counts' in metrics:  # histogram of the old model's argmax on generated images
+    counts = np.asarray(metrics['class_counts']).astype(int)
+    outputs.writer.write_histograms(
+        global_step, {f'{stage}/predicted_class': np.repeat(np.arange(len(counts)), counts)},
+        num_buckets={f'{stage}/predicted_class': len(counts)})
+    line += f', predicted classes {counts.tolist()}'
+  logging.info('task %d %s step %d/%d: %s', task.index, stage, step, total_steps, line)
+
+
+def _run_stage(stage: str, experiment: Experiment, task: Task, outputs: _Outputs,
+               step_fn: Callable[[Any, int], tuple[Any, dict]], state: Any, total_steps: int,
+               global_offset: int, payload: Callable[[Any], dict], seconds: dict,
+               log_every: int) -> tuple[Any, float | None]:
+  """Runs `state = step_fn(state, step)` from `state.step` to `total_steps`.
+
+  Logs metrics every `log_every` steps, and saves `payload(state)` as a
+  progress checkpoint every `checkpoint_every_steps`, with the stage's name,
+  step and the seconds spent so far. Updates `seconds[stage]`; returns the
+  state and the steps per second (excluding the first, compiling step).
+  """
+  first_step, seconds_before = int(state.step), seconds.get(stage, 0.0)
+  start, timed_from = time.time(), None
+  for step in range(first_step, total_steps):
+    state, metrics = step_fn(state, step)
+    if timed_from is None:
+      jax.block_until_ready(state)
+      timed_from = (step + 1, time.time())
+    global_step = global_offset + step + 1
+    outputs.progress(global_step)
+    if (step + 1) % log_every == 0 or step + 1 == total_steps:
+      _report(outputs, stage, task, step + 1, total_steps, global_step, metrics)
+    if (step + 1) % experiment.config.checkpoint_every_steps == 0 and step + 1 < total_steps:
+      seconds[stage] = seconds_before + time.time() - start
+      outputs.checkpoints.save_progress(global_step, payload(state), {
+          'task': task.index, 'stage': stage, 'step': step + 1, 'seconds': seconds})
+  jax.block_until_ready(state)
+  end = time.time()
+  seconds[stage] = seconds_before + end - start
+  timed_steps = total_steps - timed_from[0] if timed_from else 0
+  return state, (timed_steps / (end - timed_from[1]) if timed_steps else None)
+
+
+def record_knowledge(experiment: Experiment, task: Task, teacher_vars: Any, outputs: _Outputs,
+                     resume: dict | None, seconds: dict, global_offset: int) -> tuple[Any, dict]:
+  """Stage I: trains a fresh generator against the frozen old model; returns its params."""
   config = experiment.config
+  generator, teacher = experiment.generator(), experiment.model(task.num_old)
+  tx = inversion.make_optimizer(config.generator)
+  state = inversion.init_state(generator, experiment.task_key(task, _GENERATOR_INIT), tx)
+  if resume is not None:
+    state = outputs.checkpoints.restore_progress({'generator': parallel.to_host(state)})['generator']
+    logging.info('Resuming task %d generator at step %d', task.index, int(state.step))
+  first_step, total_steps = int(state.step), experiment.generator_steps(task)
+  step = inversion.make_generator_step(generator, teacher, tx, config.generator,
+                                       experiment.method.generator_terms)
+  key = experiment.task_key(task, _GENERATOR_STEPS)
+  state, steps_per_second = _run_stage(
+      'generator', experiment, task, outputs, lambda state, _: step(state, teacher_vars, key),
+      parallel.replicate(state), total_steps, global_offset, lambda state: {'generator': state},
+      seconds, config.generator.log_every_steps)
+  if first_step < total_steps:  # a finished stage I survives a kill during stage II
+    outputs.checkpoints.save_progress(global_offset + total_steps, {'generator': state}, {
+        'task': task.index, 'stage': 'generator', 'step': total_steps, 'seconds': seconds})
+  params = parallel.to_host(state.params)
+  _write_samples(experiment, task, params, outputs, global_offset + total_steps)
+  return params, {'generator_images_per_second': (
+      steps_per_second * config.generator.batch_size if steps_per_second else None)}
+
+
+def _write_samples(experiment: Experiment, task: Task, generator_params: Any, outputs: _Outputs,
+                   global_step: int) -> None:
+  """A PNG grid of generated images in WORKDIR/samples/ and in TensorBoard."""
+  generator = experiment.generator()
+  count = experiment.config.generator.batch_size  # the batch size its BN statistics expect
+  images = inversion.make_sampler(generator, count)(parallel.replicate(generator_params),
+                                                     experiment.task_key(task, _SAMPLES))
+  grid = inversion.image_grid(np.asarray(images)[:128], experiment.dataset.mean,
+                              experiment.dataset.std)
+  if jax.process_index() == 0:
+    folder = experiment.workdir / 'samples'
+    folder.mkdir(exist_ok=True)
+    report.write_png(folder / f'task{task.index}.png', grid)
+  outputs.writer.write_images(global_step, {'generator/samples': grid[None]})
+
+
+def learn_task(experiment: Experiment, task: Task, previous: dict | None,
+               outputs: _Outputs, global_offset: int) -> tuple[dict, dict, dict]:
+  """Learns `task` (stage I if the method has a generator, then the classifier).
+
+  Returns (model variables on host, seconds per stage, throughput).
+  """
+  config, method = experiment.config, experiment.method
+  meta = outputs.checkpoints.progress_meta()
+  resume = meta if meta is not None and meta['task'] == task.index else None
+  seconds = dict(resume['seconds']) if resume else {}
+  teacher = experiment.model(task.num_old) if method.uses_teacher and task.num_old else None
+  teacher_vars = parallel.replicate(previous) if teacher is not None else None
+  throughput = {}
+  generator_params = None
+  uses_generator = bool(method.generator_terms and task.num_old)
+  if uses_generator and not (resume and resume['stage'] == 'classifier'):
+    generator_params, throughput = record_knowledge(
+        experiment, task, teacher_vars, outputs,
+        resume if resume and resume['stage'] == 'generator' else None, seconds, global_offset)
+  global_offset += experiment.generator_steps(task)
+
   model = experiment.model(task.num_seen)
   if previous is None:
     image = jnp.zeros((1,) + experiment.dataset.image_shape, jnp.float32)
@@ -149,54 +302,42 @@ def learn_task(experiment: Experiment, task: Task, previous: dict | None,
   else:
     params = widen_head(previous['params'], task.num_seen, experiment.task_key(task, _HEAD))
     batch_stats = previous['batch_stats']
-  teacher = None
-  if experiment.method.uses_teacher and task.num_old:
-    teacher = experiment.model(task.num_old)
   total_steps = experiment.total_steps(task)
   tx = classifier.make_optimizer(config.train, total_steps)
   state = classifier.init_train_state(params, batch_stats, tx)
-  seconds_before = 0.0
-  meta = checkpoints.progress_meta()
-  if meta is not None and meta['task'] == task.index:
-    state = checkpoints.restore_progress(parallel.to_host(state))
-    seconds_before = meta['train_seconds']
+  if resume and resume['stage'] == 'classifier':
+    target = {'classifier': parallel.to_host(state)}
+    if uses_generator:
+      target['generator_params'] = parallel.to_host(experiment.generator().init(
+          jax.random.PRNGKey(0), jnp.zeros((2, config.generator.latent_dim)))['params'])
+    restored = outputs.checkpoints.restore_progress(target)
+    state, generator_params = restored['classifier'], restored.get('generator_params')
     logging.info('Resuming task %d at step %d/%d', task.index, int(state.step), total_steps)
-  first_step = int(state.step)
 
   augment_kwargs = dict(padding=config.data.crop_padding, flip=config.data.flip,
                         mean=experiment.dataset.mean, std=experiment.dataset.std)
-  method_config = config.get(experiment.method.name, ml_collections.ConfigDict())
-  train_step = classifier.make_train_step(
-      model, tx, experiment.method.make_loss(task, method_config), augment_kwargs, teacher)
+  loss = method.make_loss(task, config.get(method.config_section) or ml_collections.ConfigDict())
   sampler = BatchSampler(experiment, task)
-  state = parallel.replicate(state)
-  teacher_vars = parallel.replicate(previous) if teacher is not None else None
-
-  start = time.time()
-  timed_from = None  # throughput excludes the first step, which compiles
-  for step in range(first_step, total_steps):
-    state, metrics = train_step(state, teacher_vars, parallel.shard(sampler(step)))
-    if timed_from is None:
-      jax.block_until_ready(state)
-      timed_from = (step + 1, time.time())
-    global_step = global_offset + step + 1
-    progress(global_step)
-    if (step + 1) % config.log_every_steps == 0 or step + 1 == total_steps:
-      metrics = {f'train/{k}': float(v) for k, v in metrics.items()}
-      writer.write_scalars(global_step, metrics)
-      logging.info('task %d step %d/%d: %s', task.index, step + 1, total_steps,
-                   ', '.join(f'{k[6:]} {v:.4f}' for k, v in metrics.items()))
-    if (step + 1) % config.checkpoint_every_steps == 0 and step + 1 < total_steps:
-      checkpoints.save_progress(global_step, state, {
-          'task': task.index, 'step': step + 1,
-          'train_seconds': seconds_before + time.time() - start})
-  jax.block_until_ready(state)
-  end = time.time()
-  timed_steps = total_steps - timed_from[0] if timed_from else 0
-  stats = {'train_seconds': seconds_before + end - start,
-           'images_per_second': (timed_steps * config.train.batch_size / (end - timed_from[1])
-                                 if timed_steps else None)}
-  return parallel.to_host({'params': state.params, 'batch_stats': state.batch_stats}), stats
+  if uses_generator:
+    replay_step = classifier.make_replay_step(
+        model, tx, loss, augment_kwargs, teacher, experiment.generator(),
+        experiment.generated_batch_size(task), config.replay.single_pass)
+    generator_on_devices = parallel.replicate(generator_params)
+    replay_key = experiment.task_key(task, _REPLAY)
+    step_fn = lambda state, step: replay_step(state, teacher_vars, generator_on_devices,
+                                              parallel.shard(sampler(step)), replay_key)
+    payload = lambda state: {'classifier': state, 'generator_params': generator_on_devices}
+  else:
+    train_step = classifier.make_train_step(model, tx, loss, augment_kwargs, teacher)
+    step_fn = lambda state, step: train_step(state, teacher_vars, parallel.shard(sampler(step)))
+    payload = lambda state: {'classifier': state}
+  state, steps_per_second = _run_stage(
+      'classifier', experiment, task, outputs, step_fn, parallel.replicate(state), total_steps,
+      global_offset, payload, seconds, config.log_every_steps)
+  throughput['train_images_per_second'] = (
+      steps_per_second * config.train.batch_size if steps_per_second else None)
+  return (parallel.to_host({'params': state.params, 'batch_stats': state.batch_stats}), seconds,
+          throughput)
 
 
 def evaluate(experiment: Experiment, task: Task, variables: dict) -> dict:
@@ -233,15 +374,15 @@ def new_results(experiment: Experiment) -> dict:
       'class_names': experiment.dataset.class_names,
       'tasks': [list(t.classes) for t in experiment.tasks],
       'accuracy': [], 'accuracy_matrix': [], 'old_accuracy': [], 'new_accuracy': [],
-      'per_class_accuracy': [], 'confusion_matrix': [], 'seconds': [],
-      'train_images_per_second': [], 'task0_from': None,
+      'per_class_accuracy': [], 'confusion_matrix': [], 'seconds': [], 'throughput': [],
+      'task0_from': None,
       'average_incremental_accuracy': None, 'last_accuracy': None, 'forgetting': None,
       'metric_definitions': evaluation.__doc__.split('\n\n', 1)[1].strip(),
   }
 
 
-def record_task(results: dict, experiment: Experiment, task: Task, metrics: dict,
-                seconds: dict, images_per_second: float | None) -> None:
+def record_task(results: dict, experiment: Experiment, metrics: dict, seconds: dict,
+                throughput: dict) -> None:
   """Appends one task's evaluation to `results` and refreshes the summaries."""
   results['accuracy'].append(metrics['accuracy'])
   results['accuracy_matrix'].append(metrics['task_accuracies'])
@@ -251,11 +392,22 @@ def record_task(results: dict, experiment: Experiment, task: Task, metrics: dict
       {str(experiment.order[c]): a for c, a in enumerate(metrics['per_class_accuracy'])})
   results['confusion_matrix'].append(metrics['confusion_matrix'])
   results['seconds'].append(seconds)
-  results['train_images_per_second'].append(images_per_second)
+  results['throughput'].append(throughput)
   results['average_incremental_accuracy'] = evaluation.average_incremental_accuracy(
       results['accuracy'])
   results['last_accuracy'] = results['accuracy'][-1]
   results['forgetting'] = evaluation.forgetting(results['accuracy_matrix'])
+
+
+def _check_generator_config(config: ml_collections.ConfigDict, method: Method) -> None:
+  parallel.check_divisible(config.generator.batch_size, 'generator.batch_size')
+  if config.replay.balance not in ('fixed', 'per_class'):
+    raise UserError(f"replay.balance={config.replay.balance!r} must be 'fixed' or 'per_class'")
+  if 'diversity' in method.generator_terms and (
+      2 * config.generator.diversity_pairs > config.generator.batch_size):
+    raise UserError(f'generator.diversity_pairs={config.generator.diversity_pairs} needs '
+                    f'generator.batch_size >= {2 * config.generator.diversity_pairs} (pairs join '
+                    'the two halves of the batch); lower the pairs or raise the batch')
 
 
 def _check_fingerprint(saved: dict, expected: dict, where: str) -> None:
@@ -275,7 +427,8 @@ def _load_task0(experiment: Experiment, task: Task) -> tuple[dict, str]:
                     'it at the workdir of a run that finished task 0')
   other = Checkpoints(source / 'checkpoints')
   saved = other.task_meta(0)['fingerprint']
-  expected = {k: v for k, v in experiment.fingerprint().items() if k != 'method'}
+  # Task 0 trains the same way for every method (plain CE, no generator).
+  expected = {k: v for k, v in experiment.fingerprint().items() if k not in ('method', 'generator')}
   expected['tasks'] = expected['tasks'][:1]
   saved = {**saved, 'tasks': saved['tasks'][:1]}
   _check_fingerprint(saved, expected, f'the task-0 model in {source}')
@@ -287,7 +440,7 @@ def _load_task0(experiment: Experiment, task: Task) -> tuple[dict, str]:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the whole class-incremental sequence; returns results."""
   workdir = pathlib.Path(workdir)
-  experiment = build_experiment(config)
+  experiment = build_experiment(config, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   report.write_json(workdir / 'config.json', config.to_dict())
   # TensorBoard only: the step log lines below already go to the console.
@@ -305,23 +458,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results, start = meta['results'], last + 1
     logging.info('Resuming after task %d from %s', last, workdir)
 
-  offsets = np.cumsum([0] + [experiment.total_steps(t) for t in experiment.tasks_to_run])
+  offsets = np.cumsum([0] + [experiment.generator_steps(t) + experiment.total_steps(t)
+                             for t in experiment.tasks_to_run])
   progress = periodic_actions.ReportProgress(num_train_steps=int(offsets[-1]), writer=writer,
                                              every_secs=30)
+  outputs = _Outputs(checkpoints, writer, progress)
   for task in experiment.tasks_to_run[start:]:
     logging.info('Task %d/%d: %d classes (%d old), %d training images', task.index,
                  len(experiment.tasks) - 1, task.num_new, task.num_old,
                  len(experiment.train_indices(task)))
     if task.index == 0 and config.init_from:
       previous, results['task0_from'] = _load_task0(experiment, task)
-      train_stats = {'train_seconds': 0.0, 'images_per_second': None}
+      seconds, throughput = {'classifier': 0.0}, {}
     else:
-      previous, train_stats = learn_task(experiment, task, previous, checkpoints, writer,
-                                         progress, int(offsets[task.index]))
+      previous, seconds, throughput = learn_task(experiment, task, previous, outputs,
+                                                 int(offsets[task.index]))
     eval_start = time.time()
     metrics = evaluate(experiment, task, previous)
-    seconds = {'train': train_stats['train_seconds'], 'eval': time.time() - eval_start}
-    record_task(results, experiment, task, metrics, seconds, train_stats['images_per_second'])
+    seconds['eval'] = time.time() - eval_start
+    record_task(results, experiment, metrics, seconds, throughput)
     writer.write_scalars(int(offsets[task.index + 1]), {
         'eval/accuracy': metrics['accuracy'], 'eval/new_accuracy': metrics['new_accuracy'],
         **({'eval/old_accuracy': metrics['old_accuracy']} if task.num_old else {})})

@@ -1,22 +1,58 @@
 """Shared fixtures: tiny configs and a helper that runs the real entry point."""
 
+import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # so that `configs` imports as in `python -m mfgr_jax.main`
+SMOKE = str(REPO / 'configs' / 'smoke.py')
+# Wall-clock fields: the only ones allowed to differ between equal runs.
+TIMING = ('seconds', 'throughput')
 
 
-def run_main(*args: str, devices: int = 1, timeout: float = 600, **popen) -> subprocess.CompletedProcess:
+def comparable(results: dict) -> dict:
+  return {k: v for k, v in results.items() if k not in TIMING}
+
+
+def load_results(workdir) -> dict:
+  return json.loads((pathlib.Path(workdir) / 'results.json').read_text())
+
+
+def _env(devices: int) -> dict:
+  return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+              JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+
+
+def run_main(*args: str, devices: int = 1, timeout: float = 600) -> subprocess.CompletedProcess:
   """Runs `python -m mfgr_jax.main ARGS` on `devices` simulated CPU devices."""
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
-  return subprocess.run([sys.executable, '-m', 'mfgr_jax.main', *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout, **popen)
+  return subprocess.run([sys.executable, '-m', 'mfgr_jax.main', *args], cwd=REPO,
+                        env=_env(devices), capture_output=True, text=True, timeout=timeout)
+
+
+def kill_9_after_checkpoint(workdir: pathlib.Path, first: int, last: int, *args: str) -> None:
+  """Starts `main --workdir WORKDIR ARGS`, and kill -9s it once a mid-task
+  checkpoint with a global step in [first, last] is on disk."""
+  proc = subprocess.Popen([sys.executable, '-m', 'mfgr_jax.main', f'--workdir={workdir}', *args],
+                          cwd=REPO, env=_env(1), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  folder = workdir / 'checkpoints' / 'progress'
+  deadline = time.time() + 300
+  try:
+    while not (folder.exists() and any(
+        p.name.isdigit() and first <= int(p.name) <= last for p in folder.iterdir())):
+      assert proc.poll() is None, f'the run ended before a checkpoint in steps [{first}, {last}]'
+      assert time.time() < deadline, 'no checkpoint within 300 s'
+      time.sleep(0.05)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 @pytest.fixture

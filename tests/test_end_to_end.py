@@ -1,12 +1,6 @@
 """Whole runs of the entry point on the synthetic smoke config."""
 
 import json
-import os
-import pathlib
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,20 +9,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from mfgr_jax import train
 from mfgr_jax.errors import UserError
 
-from conftest import REPO, run_main
-
-SMOKE = str(REPO / 'configs' / 'smoke.py')
-# Wall-clock fields: the only ones allowed to differ between equal runs.
-TIMING = ('seconds', 'train_images_per_second')
-
-
-def _comparable(results):
-  return {k: v for k, v in results.items() if k not in TIMING}
-
-
-def _load(workdir):
-  return json.loads((pathlib.Path(workdir) / 'results.json').read_text())
-
+from conftest import SMOKE, comparable, kill_9_after_checkpoint, load_results, run_main
 
 @pytest.fixture(scope='module')
 def lwf_run(tmp_path_factory):
@@ -42,7 +23,7 @@ def lwf_run(tmp_path_factory):
 def test_smoke_run_writes_results_report_and_tensorboard(lwf_run):
   workdir, proc = lwf_run
   assert f'mfgr_jax: workdir {workdir}' in proc.stdout
-  results = _load(workdir)
+  results = load_results(workdir)
   assert results['method'] == 'lwf' and results['dataset'] == 'synthetic'
   assert results['tasks'] == [[0, 1], [2, 3], [4, 5]]
   assert len(results['accuracy']) == 3
@@ -58,7 +39,7 @@ def test_smoke_run_writes_results_report_and_tensorboard(lwf_run):
   events = event_accumulator.EventAccumulator(str(workdir))
   events.Reload()
   tags = set(events.Tags()['scalars']) | set(events.Tags()['tensors'])
-  assert {'train/loss', 'train/kd', 'eval/accuracy', 'eval/old_accuracy'} <= tags
+  assert {'classifier/loss', 'classifier/kd', 'eval/accuracy', 'eval/old_accuracy'} <= tags
 
 
 @pytest.mark.parametrize('method', ['finetune', 'oracle'])
@@ -74,7 +55,7 @@ def test_other_methods_run(smoke_config, tmp_path, method):
 
 def test_same_config_same_results(smoke_config, tmp_path, lwf_run):
   results = train.run(smoke_config, str(tmp_path))
-  assert _comparable(results) == _comparable(_load(lwf_run[0]))
+  assert comparable(results) == comparable(load_results(lwf_run[0]))
 
 
 def test_resume_after_finished_tasks_gives_identical_results(smoke_config, tmp_path, lwf_run):
@@ -82,32 +63,18 @@ def test_resume_after_finished_tasks_gives_identical_results(smoke_config, tmp_p
   train.run(smoke_config, str(tmp_path))
   smoke_config.scenario.num_tasks = 0
   results = train.run(smoke_config, str(tmp_path))
-  assert results['seconds'][0] == _load(tmp_path)['seconds'][0]
-  assert _comparable(results) == _comparable(_load(lwf_run[0]))
-
-
-def _finished_progress_steps(workdir):
-  folder = pathlib.Path(workdir) / 'checkpoints' / 'progress'
-  return [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.exists() else []
+  assert results['seconds'][0] == load_results(tmp_path)['seconds'][0]
+  assert comparable(results) == comparable(load_results(lwf_run[0]))
 
 
 def test_kill_9_mid_task_then_rerun_gives_identical_results(tmp_path, lwf_run):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
-  command = [sys.executable, '-m', 'mfgr_jax.main', f'--config={SMOKE}', f'--workdir={tmp_path}']
-  proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  # Task 0 has 18 steps; wait for a periodic checkpoint inside task 1.
-  deadline = time.time() + 300
-  while not any(s > 18 for s in _finished_progress_steps(tmp_path)):
-    assert proc.poll() is None and time.time() < deadline, 'run ended before a task-1 checkpoint'
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (tmp_path / 'results.json').exists() or len(_load(tmp_path)['accuracy']) < 3
+  # Task 0 has 18 steps; kill at a periodic checkpoint inside task 1.
+  kill_9_after_checkpoint(tmp_path, 19, 35, f'--config={SMOKE}')
+  assert not (tmp_path / 'results.json').exists() or len(load_results(tmp_path)['accuracy']) < 3
   rerun = run_main(f'--config={SMOKE}', f'--workdir={tmp_path}')
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert 'Resuming task 1 at step' in rerun.stderr
-  assert _comparable(_load(tmp_path)) == _comparable(_load(lwf_run[0]))
+  assert comparable(load_results(tmp_path)) == comparable(load_results(lwf_run[0]))
 
 
 def test_task0_model_can_be_shared_between_methods(smoke_config, tmp_path, lwf_run):
@@ -115,7 +82,7 @@ def test_task0_model_can_be_shared_between_methods(smoke_config, tmp_path, lwf_r
   smoke_config.scenario.num_tasks = 2
   smoke_config.init_from = str(lwf_run[0])
   results = train.run(smoke_config, str(tmp_path / 'shared'))
-  reference = _load(lwf_run[0])
+  reference = load_results(lwf_run[0])
   assert results['task0_from'] == str(lwf_run[0])
   assert results['accuracy'][0] == reference['accuracy'][0]
   assert results['per_class_accuracy'][0] == reference['per_class_accuracy'][0]

@@ -137,3 +137,17 @@ def _prepared_builder(spec: _Spec, data_dir: str | None, manual_dir: pathlib.Pat
                         'check or replace those files') from e
       return builder
   return None
+
+
+def limit_per_class(dataset: Dataset, max_per_class: int, seed: int = 0) -> Dataset:
+  """Keeps at most `max_per_class` training images of each class (a seeded, fixed subset).
+
+  The subset depends only on `seed`, not on the run's seed, so runs with
+  different seeds train on the same images. The test split is kept whole.
+  """
+  rng = np.random.RandomState(seed)
+  keep = np.sort(np.concatenate([
+      rng.permutation(np.flatnonzero(dataset.train_labels == c))[:max_per_class]
+      for c in range(dataset.num_classes)]))
+  return dataclasses.replace(dataset, train_images=dataset.train_images[keep],
+                             train_labels=dataset.train_labels[keep])

@@ -19,6 +19,10 @@ from mfgr_jax.scenario import Task
 # classes or None) -> (loss, metrics). Runs inside the jitted step.
 ClassifierLoss = Callable[[jax.Array, jax.Array, jax.Array | None],
                           tuple[jax.Array, dict[str, jax.Array]]]
+# Generative replay (stage II): (logits on the real batch, labels, teacher logits
+# on it, logits on the generated batch, teacher logits on it) -> (loss, metrics).
+ReplayLoss = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array],
+                      tuple[jax.Array, dict[str, jax.Array]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,14 +32,20 @@ class Method:
   uses_teacher: bool
   # Whether incremental tasks train on every seen class's data (oracle) or only the new ones.
   trains_on_all_seen: bool
-  # Builds the task's loss from the task and the config section of the method.
-  make_loss: Callable[[Task, ml_collections.ConfigDict], ClassifierLoss]
+  # Builds the task's loss from the task and the method's config section: a
+  # ClassifierLoss, or a ReplayLoss at tasks t > 0 of methods with a generator.
+  make_loss: Callable[[Task, ml_collections.ConfigDict], ClassifierLoss | ReplayLoss]
+  # Stage I loss terms (`inversion.TERMS`) of a generator trained against the
+  # old model before each incremental task; () for methods without one.
+  generator_terms: tuple[str, ...] = ()
+  # The config section passed to `make_loss` ('' = none).
+  config_section: str = ''
 
 
 def get_method(name: str) -> Method:
   # Imported here so that method modules can import this one for `Method`.
-  from mfgr_jax.methods import finetune, lwf, oracle  # pylint: disable=g-import-not-at-top
-  registry = {m.METHOD.name: m.METHOD for m in (finetune, lwf, oracle)}
+  from mfgr_jax.methods import finetune, lwf, mfgr, oracle  # pylint: disable=g-import-not-at-top
+  registry = {m.name: m for module in (finetune, lwf, mfgr, oracle) for m in module.METHODS}
   if name not in registry:
     raise UserError(f'unknown method {name!r}; choose one of {", ".join(sorted(registry))} '
                     '(--config.method=...)')

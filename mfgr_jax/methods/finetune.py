@@ -1,10 +1,13 @@
 """Finetune: cross-entropy over all seen logits on the current task's data only."""
 
+import ml_collections
+
 from mfgr_jax import losses
-from mfgr_jax.methods import Method
+from mfgr_jax.methods import ClassifierLoss, Method
+from mfgr_jax.scenario import Task
 
 
-def make_loss(task, config):
+def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
   del task, config  # the same loss for every task
 
   def loss(logits, labels, teacher_logits):
@@ -15,4 +18,4 @@ def make_loss(task, config):
   return loss
 
 
-METHOD = Method('finetune', uses_teacher=False, trains_on_all_seen=False, make_loss=make_loss)
+METHODS = (Method('finetune', uses_teacher=False, trains_on_all_seen=False, make_loss=make_loss),)

@@ -5,11 +5,14 @@ with lambda = C_old / C and the frozen previous model (eval mode) as teacher
 on the same augmented batch. At task 0 lambda = 0 and this is plain CE.
 """
 
+import ml_collections
+
 from mfgr_jax import losses
-from mfgr_jax.methods import Method
+from mfgr_jax.methods import ClassifierLoss, Method
+from mfgr_jax.scenario import Task
 
 
-def make_loss(task, config):
+def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
   weight = task.num_old / task.num_seen
 
   def loss(logits, labels, teacher_logits):
@@ -23,4 +26,5 @@ def make_loss(task, config):
   return loss
 
 
-METHOD = Method('lwf', uses_teacher=True, trains_on_all_seen=False, make_loss=make_loss)
+METHODS = (Method('lwf', uses_teacher=True, trains_on_all_seen=False, make_loss=make_loss,
+                   config_section='distillation'),)

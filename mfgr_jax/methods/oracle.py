@@ -7,4 +7,4 @@ with the widened head, as `--method oracle --dataloader_type oracle` does.
 from mfgr_jax.methods import Method
 from mfgr_jax.methods.finetune import make_loss
 
-METHOD = Method('oracle', uses_teacher=False, trains_on_all_seen=True, make_loss=make_loss)
+METHODS = (Method('oracle', uses_teacher=False, trains_on_all_seen=True, make_loss=make_loss),)

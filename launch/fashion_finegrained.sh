@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The fine-grained Fashion-MNIST study (configs/fashion_finegrained.py): per seed,
+# one shared task-0 model, then finetune, lwf, lwf_g_bn and mfgr from it; then
+# the comparison table docs/results.md. Rerunning resumes or skips finished runs.
+#
+#   launch/fashion_finegrained.sh [SEEDS...]     (default: 0 1 2)
+#   EXTRA="--config.data.data_dir=/tmp/tfds" launch/fashion_finegrained.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+ROOT=${ROOT:-workdirs/fashion_finegrained}
+METHODS=${METHODS:-finetune lwf lwf_g_bn mfgr}
+SEEDS=${*:-0 1 2}
+CONFIG=configs/fashion_finegrained.py
+
+for seed in $SEEDS; do
+  run() {  # run WORKDIR ARGS...: skipped when its results cover every task asked for
+    local workdir=$1; shift
+    "$PY" -m mfgr_jax.main --config "$CONFIG" --workdir "$workdir" --config.seed="$seed" \
+      ${EXTRA:-} "$@" 2>&1 | grep -E "mfgr_jax|After task|Resuming" || true
+    test -f "$workdir/results.json"
+  }
+  run "$ROOT/seed$seed/task0" --config.method=finetune --config.scenario.num_tasks=1
+  for method in $METHODS; do
+    run "$ROOT/seed$seed/$method" --config.method="$method" \
+      --config.init_from="$ROOT/seed$seed/task0"
+  done
+done
+runs=()
+for seed in $SEEDS; do for method in $METHODS; do runs+=("$ROOT/seed$seed/$method"); done; done
+"$PY" -m mfgr_jax.compare "${runs[@]}" \
+  --groups "fine-grained old=0,2,4,6" --groups "easy old=1,8" --groups "new=3,5,7,9" \
+  --title "Fashion-MNIST, fine-grained old classes (configs/fashion_finegrained.py)" \
+  --out docs/results_fashion_finegrained.md

@@ -1,0 +1,87 @@
+"""Runs two steps of each train step on fixed global batches; prints what they produced.
+
+`test_data_parallel.py` runs this on 1 and on 2 simulated CPU devices and
+compares. Not a test module itself (no `test_` prefix).
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mfgr_jax import classifier, inversion, parallel
+from mfgr_jax.methods import get_method
+from mfgr_jax.models.generator import Generator
+from mfgr_jax.models.resnet import resnet
+from mfgr_jax.scenario import Task
+
+AUGMENT = dict(padding=2, flip=True, mean=(0.5,), std=(0.25,))
+DISTILLATION = ml_collections.ConfigDict(dict(temperature=2.0, scale_by_t_squared=False))
+
+
+def _fingerprint(tree):
+  return [float(np.sum(np.asarray(x, np.float64))) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def main():
+  task = Task(1, (2, 3), 2, 4)
+  model, teacher = resnet(18, 4, 4, bn_axis_name='batch'), resnet(18, 2, 4, bn_axis_name='batch')
+  generator = Generator(16, 1, latent_dim=8, hidden=8, axis_name='batch')
+  teacher_vars = parallel.replicate(
+      teacher.init(jax.random.PRNGKey(1), jnp.zeros((1, 16, 16, 1)), train=False))
+  # On host: donated device copies must not delete the arrays reused below.
+  model_vars = parallel.to_host(
+      model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)), train=False))
+  rng = np.random.default_rng(0)
+  batch = parallel.shard({
+      'image': rng.integers(0, 256, (16, 16, 16, 1), dtype=np.uint8),
+      'label': (2 + np.arange(16) % 2).astype(np.int32),
+      'aug_key': np.asarray(jax.random.split(jax.random.PRNGKey(2), 16))})
+  out = {'devices': jax.device_count()}
+
+  tx = classifier.make_optimizer(ml_collections.ConfigDict(
+      dict(learning_rate=0.05, momentum=0.9, weight_decay=5e-4)), 20)
+  lwf_step = classifier.make_train_step(
+      model, tx, get_method('lwf').make_loss(task, DISTILLATION), AUGMENT, teacher)
+  state = parallel.replicate(classifier.init_train_state(model_vars['params'],
+                                                         model_vars['batch_stats'], tx))
+  for i in range(2):
+    state, metrics = lwf_step(state, teacher_vars, batch)
+    out[f'lwf_metrics_{i}'] = {k: float(v) for k, v in metrics.items()}
+  out['lwf_state'] = _fingerprint(state)
+
+  # Plain SGD in stage I so that a wrongly scaled gradient shows (Adam would hide it).
+  generator_tx = optax.sgd(0.1)
+  config = ml_collections.ConfigDict(dict(
+      batch_size=16, diversity_pairs=4,
+      weights=dict(one_hot=1.0, class_balance=5.0, activation=0.1, signed_difference=10.0,
+                   bn_statistics=20.0, diversity=0.1)))
+  generator_step = inversion.make_generator_step(generator, teacher, generator_tx, config,
+                                                 inversion.TERMS)
+  generator_state = parallel.replicate(
+      inversion.init_state(generator, jax.random.PRNGKey(3), generator_tx))
+  for i in range(2):
+    generator_state, metrics = generator_step(generator_state, teacher_vars,
+                                              jax.random.PRNGKey(4))
+    out[f'generator_metrics_{i}'] = {k: np.asarray(v).tolist() for k, v in metrics.items()}
+  out['generator_state'] = _fingerprint(generator_state)
+
+  for single_pass in (False, True):
+    replay_step = classifier.make_replay_step(
+        model, tx, get_method('mfgr').make_loss(task, DISTILLATION), AUGMENT, teacher, generator,
+        generated_batch_size=8, single_pass=single_pass)
+    state = parallel.replicate(classifier.init_train_state(model_vars['params'],
+                                                           model_vars['batch_stats'], tx))
+    for i in range(2):
+      state, metrics = replay_step(state, teacher_vars, generator_state.params, batch,
+                                   jax.random.PRNGKey(5))
+      out[f'replay{int(single_pass)}_metrics_{i}'] = {k: float(v) for k, v in metrics.items()}
+    out[f'replay{int(single_pass)}_state'] = _fingerprint(state)
+  print(json.dumps(out))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,105 @@
+"""Whole runs of MFGR and its ablations on the synthetic smoke config.
+
+Smoke schedule (global steps): task 0 classifier 1-18; task 1 generator 19-30,
+classifier 31-48; task 2 generator 49-60, classifier 61-78. Checkpoints every
+4 steps of a stage, and at the end of each stage I.
+"""
+
+import PIL.Image
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+from mfgr_jax import train
+from mfgr_jax.errors import UserError
+
+from conftest import SMOKE, comparable, kill_9_after_checkpoint, load_results, run_main
+
+
+def _tags(workdir):
+  events = event_accumulator.EventAccumulator(str(workdir))
+  events.Reload()
+  return {tag for tags in events.Tags().values() if isinstance(tags, list) for tag in tags}
+
+
+@pytest.fixture(scope='module')
+def mfgr_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('mfgr')
+  proc = run_main(f'--config={SMOKE}', f'--workdir={workdir}', '--config.method=mfgr')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+def test_mfgr_smoke_run_writes_results_samples_and_diagnostics(mfgr_run):
+  results = load_results(mfgr_run)
+  assert results['method'] == 'mfgr' and len(results['accuracy']) == 3
+  assert [sorted(s) for s in results['seconds']] == [
+      ['classifier', 'eval'], ['classifier', 'eval', 'generator'],
+      ['classifier', 'eval', 'generator']]
+  assert results['throughput'][1]['generator_images_per_second'] > 0
+  for task in (1, 2):
+    grid = PIL.Image.open(mfgr_run / 'samples' / f'task{task}.png')
+    assert grid.size == (16 * 18, 2 * 18)  # 32 samples of 16x16, 16 per row, 1-px frames
+  assert not (mfgr_run / 'samples' / 'task0.png').exists()
+  tags = _tags(mfgr_run)
+  for term in ('one_hot', 'class_balance', 'activation', 'signed_difference', 'bn_statistics',
+               'diversity', 'mean_prediction_entropy', 'predicted_class', 'samples'):
+    assert f'generator/{term}' in tags, term
+  assert {'classifier/kd_generated', 'classifier/kd_real', 'classifier/ce'} <= tags
+
+
+@pytest.mark.parametrize('method,absent', [
+    ('lwf_g_base', {'generator/bn_statistics', 'generator/diversity'}),
+    ('g_bn', {'generator/diversity', 'classifier/kd_real'}),
+    ('lwf_g_bn', {'generator/diversity'}),
+])
+def test_ablations_run_with_their_own_terms(smoke_config, tmp_path, mfgr_run, method, absent):
+  smoke_config.method = method
+  smoke_config.scenario.num_tasks = 2
+  smoke_config.init_from = str(mfgr_run)  # the shared task-0 model of another method's run
+  results = train.run(smoke_config, str(tmp_path))
+  assert results['method'] == method and len(results['accuracy']) == 2
+  assert results['task0_from'] == str(mfgr_run)
+  assert results['accuracy'][0] == load_results(mfgr_run)['accuracy'][0]
+  assert (tmp_path / 'samples' / 'task1.png').exists()
+  tags = _tags(tmp_path)
+  assert not absent & tags
+  assert {'generator/one_hot', 'classifier/kd_generated'} <= tags
+
+
+def test_paper_replay_options_run(smoke_config, tmp_path):
+  smoke_config.method = 'mfgr'
+  smoke_config.scenario.num_tasks = 2
+  smoke_config.replay.balance = 'per_class'  # 32 real per 2 new classes -> 32 generated
+  smoke_config.replay.single_pass = True
+  smoke_config.distillation.scale_by_t_squared = True
+  results = train.run(smoke_config, str(tmp_path))
+  assert len(results['accuracy']) == 2
+
+
+def test_generated_batch_per_class_balance(smoke_config, tmp_path):
+  smoke_config.method = 'mfgr'
+  smoke_config.scenario.base_classes = 4
+  smoke_config.replay.balance = 'per_class'
+  experiment = train.build_experiment(smoke_config, tmp_path)
+  # 4 old classes, 2 new, 32 real images: 16 real per new class -> 64 generated.
+  assert experiment.generated_batch_size(experiment.tasks[1]) == 64
+  assert experiment.generator_steps(experiment.tasks[0]) == 0
+  assert experiment.generator_steps(experiment.tasks[1]) == 12
+
+
+@pytest.mark.parametrize('stage,first,last', [('generator', 19, 29), ('classifier', 31, 47)])
+def test_kill_9_mid_stage_then_rerun_gives_identical_results(tmp_path, mfgr_run, stage, first,
+                                                             last):
+  kill_9_after_checkpoint(tmp_path, first, last, f'--config={SMOKE}', '--config.method=mfgr')
+  rerun = run_main(f'--config={SMOKE}', f'--workdir={tmp_path}', '--config.method=mfgr')
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  expected = 'Resuming task 1 generator at step' if stage == 'generator' else 'Resuming task 1 at step'
+  assert expected in rerun.stderr
+  assert comparable(load_results(tmp_path)) == comparable(load_results(mfgr_run))
+
+
+def test_bad_generator_config_is_refused(smoke_config, tmp_path):
+  smoke_config.method = 'mfgr'
+  smoke_config.generator.diversity_pairs = 20
+  with pytest.raises(UserError, match='diversity_pairs=20 needs generator.batch_size >= 40'):
+    train.run(smoke_config, str(tmp_path))
