@@ -10,6 +10,7 @@ each method, followed by every run's own numbers.
 import argparse
 import json
 import pathlib
+import shlex
 import sys
 
 import numpy as np
@@ -95,7 +96,7 @@ def main(argv: list[str]) -> None:
       raise SystemExit(f'mfgr_jax.compare: error: {path} not found; pass workdirs of finished runs')
     runs[run] = json.loads(path.read_text())
   groups = _parse_groups(args.groups)
-  command = 'python -m mfgr_jax.compare ' + ' '.join(argv)
+  command = 'python -m mfgr_jax.compare ' + shlex.join(argv)
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   report.write_atomic(out, comparison_markdown(runs, groups, args.title, command))
