@@ -17,11 +17,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.init_from = ''
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = 'fashion_mnist'  # fashion_mnist | cifar100 | synthetic
+  # fashion_mnist | cifar100 | tiny_imagenet | caltech_birds2011 | caltech101 |
+  # cub_caltech (CUB's 200 labels, then Caltech-101's 102) | synthetic
+  config.data.name = 'fashion_mnist'
   config.data.data_dir = ''  # where TFDS keeps prepared data; '' = ~/tensorflow_datasets
   config.data.manual_dir = ''  # official archives; '' = the dataset's usual place
   config.data.download = True  # fall back to TFDS's download when nothing is found locally
   config.data.max_train_per_class = 0  # >0: a fixed (seed-0) subset of each class's training images
+  config.data.max_test_per_class = 0  # >0: the same for the test images
+  config.data.image_size = 0  # >0: resize every image to this square size (PIL bilinear)
   config.data.crop_padding = 2
   config.data.flip = True
   config.data.synthetic = ml_collections.ConfigDict(dict(
@@ -34,7 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.scenario.increment = 2
   config.scenario.num_tasks = 0  # >0: stop after this many tasks
 
-  config.model = ml_collections.ConfigDict(dict(depth=18, width=16))
+  # stem: 'cifar' (3x3, no pooling) or 'imagenet' (7x7/2 + max-pool, for 224x224).
+  config.model = ml_collections.ConfigDict(dict(depth=18, width=16, stem='cifar'))
 
   config.train = ml_collections.ConfigDict()
   config.train.epochs = 2
@@ -57,6 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.generator.learning_rate = 0.01
   config.generator.latent_dim = 1000
   config.generator.hidden = 128
+  # 'dafl' (Generator32: two upsampling blocks) or 'pyramid' (Generator128/256 of
+  # the CUB experiments: 4x4 start, one block per doubling).
+  config.generator.architecture = 'dafl'
+  config.generator.image_size = 0  # 0: the data's size; else made at this size, then resized
   config.generator.diversity_pairs = 50  # the code: 200 pairs of a 512 batch
   # Weights of the loss terms; a method uses the subset it names (methods/mfgr.py).
   # Code defaults; the paper's diversity weight lambda3 = 0.1.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The fine-grained Fashion-MNIST study (configs/fashion_finegrained.py): per seed,
 # one shared task-0 model, then finetune, lwf, lwf_g_bn and mfgr from it; then
-# the comparison table docs/results.md. Rerunning resumes or skips finished runs.
+# the report docs/fashion_finegrained/report.md (tables and charts). Rerunning resumes
+# or skips finished runs.
 #
 #   launch/fashion_finegrained.sh [SEEDS...]     (default: 0 1 2)
 #   EXTRA="--config.data.data_dir=/tmp/tfds" launch/fashion_finegrained.sh
@@ -28,7 +29,8 @@ for seed in $SEEDS; do
 done
 runs=()
 for seed in $SEEDS; do for method in $METHODS; do runs+=("$ROOT/seed$seed/$method"); done; done
-"$PY" -m mfgr_jax.compare "${runs[@]}" \
+"$PY" -m mfgr_jax.report "${runs[@]}" \
   --groups "fine-grained old=0,2,4,6" --groups "easy old=1,8" --groups "new=3,5,7,9" \
+  --classes 0,2,4,6,1,8 \
   --title "Fashion-MNIST, fine-grained old classes (configs/fashion_finegrained.py)" \
-  --out docs/results_fashion_finegrained.md
+  --out docs/fashion_finegrained

@@ -24,11 +24,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', str(_DEFAULT_CONFIG), 'Experiment config file (a get_config() module).',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Output folder; default workdirs/<config name>-<method>-seed<seed>.')
+    'workdir', None, 'Output folder; default workdirs/<config name>[-<options>]-<method>-seed<seed>.')
 
 
 def default_workdir(config_path: str, method: str, seed: int) -> str:
-  name = pathlib.Path(config_path.split(':')[0]).stem
+  path, _, options = config_path.partition(':')
+  name = pathlib.Path(path).stem + (f'-{options.replace(",", "-")}' if options else '')
   return str(pathlib.Path('workdirs') / f'{name}-{method}-seed{seed}')
 
 

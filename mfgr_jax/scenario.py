@@ -23,6 +23,22 @@ class Task:
     return self.num_seen - self.num_old
 
 
+def listed_classes(spec: str) -> list[int] | None:
+  """The label ids of an explicit class-order spec; None for 'identity' and 'seeded'."""
+  if spec in ('identity', 'seeded'):
+    return None
+  try:
+    order = [int(c) for c in spec.split(',')]
+  except ValueError:
+    raise UserError(f"scenario.class_order={spec!r} is not 'identity', 'seeded' or a "
+                    'comma-separated list of label ids; fix --config.scenario.class_order') from None
+  if len(set(order)) != len(order):
+    repeated = sorted({c for c in order if order.count(c) > 1})
+    raise UserError(f'scenario.class_order lists label(s) {repeated} more than once; list each '
+                    'class once')
+  return order
+
+
 def class_order(num_classes: int, spec: str, seed: int) -> list[int]:
   """Resolves a class-order spec.
 
@@ -30,21 +46,19 @@ def class_order(num_classes: int, spec: str, seed: int) -> list[int]:
     num_classes: classes in the dataset.
     spec: 'identity' (the official MFGR code), 'seeded' (a permutation from
       `np.random.seed(seed)`; seed 1993 gives the iCaRL/PyCIL/FACIL order) or
-      an explicit comma-separated list of label ids.
+      an explicit comma-separated list of label ids: all of the dataset's
+      classes, or the subset the scenario uses (e.g. 20 of CUB's 200).
     seed: seed of the 'seeded' permutation.
   """
   if spec == 'identity':
     return list(range(num_classes))
   if spec == 'seeded':
     return [int(c) for c in np.random.RandomState(seed).permutation(num_classes)]
-  try:
-    order = [int(c) for c in spec.split(',')]
-  except ValueError:
-    raise UserError(f"scenario.class_order={spec!r} is not 'identity', 'seeded' or a "
-                    'comma-separated list of label ids; fix --config.scenario.class_order') from None
-  if sorted(order) != list(range(num_classes)):
-    raise UserError(f'scenario.class_order lists {len(order)} labels but must be a permutation of '
-                    f'0..{num_classes - 1}; list every class exactly once')
+  order = listed_classes(spec)
+  outside = [c for c in order if not 0 <= c < num_classes]
+  if outside:
+    raise UserError(f'scenario.class_order has label(s) {outside[:5]} outside 0..{num_classes - 1}'
+                    ' of the dataset; fix --config.scenario.class_order')
   return order
 
 

@@ -26,12 +26,12 @@ from mfgr_jax import inversion
 from mfgr_jax import parallel
 from mfgr_jax import report
 from mfgr_jax.checkpoints import Checkpoints
-from mfgr_jax.data.loading import Dataset, limit_per_class, load_dataset
+from mfgr_jax.data.loading import Dataset, load_dataset, subsample_per_class
 from mfgr_jax.errors import UserError
 from mfgr_jax.methods import Method, get_method
-from mfgr_jax.models.generator import Generator
+from mfgr_jax.models.generator import Generator, generator_features
 from mfgr_jax.models.resnet import resnet, widen_head
-from mfgr_jax.scenario import Task, class_order, make_tasks
+from mfgr_jax.scenario import Task, class_order, listed_classes, make_tasks
 
 # Sub-streams of a task's key (jax.random.fold_in), one per use.
 _INIT, _HEAD, _ORDER, _AUGMENT, _GENERATOR_INIT, _GENERATOR_STEPS, _REPLAY, _SAMPLES = range(8)
@@ -55,13 +55,15 @@ class Experiment:
 
   def model(self, num_classes: int):
     return resnet(self.config.model.depth, num_classes, self.config.model.width,
-                  bn_axis_name=parallel.AXIS)
+                  self.config.model.stem, bn_axis_name=parallel.AXIS)
 
   def generator(self) -> Generator:
     height, _, channels = self.dataset.image_shape
-    return Generator(image_size=height, channels=channels,
-                     latent_dim=self.config.generator.latent_dim,
-                     hidden=self.config.generator.hidden, axis_name=parallel.AXIS)
+    config = self.config.generator
+    size = config.image_size or height
+    return Generator(image_size=size, channels=channels, latent_dim=config.latent_dim,
+                     hidden=config.hidden, architecture=config.architecture, output_size=height,
+                     axis_name=parallel.AXIS)
 
   def generator_steps(self, task: Task) -> int:
     """Stage I steps of `task`: none at task 0 or for methods without a generator."""
@@ -92,8 +94,10 @@ class Experiment:
 
   def fingerprint(self) -> dict:
     """What must match for a checkpoint of this workdir to be resumed."""
+    data = self.config.data
     fingerprint = {'dataset': self.dataset.name,
-                   'max_train_per_class': self.config.data.max_train_per_class,
+                   'images': {k: data[k] for k in ('max_train_per_class', 'max_test_per_class',
+                                                   'image_size')},
                    'class_order': self.order,
                    'tasks': [list(t.classes) for t in self.tasks], 'method': self.method.name,
                    'model': self.config.model.to_dict()}
@@ -108,25 +112,32 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
   parallel.check_divisible(config.eval_batch_size, 'eval_batch_size')
   if method.generator_terms:
     _check_generator_config(config, method)
-  dataset = load_dataset(config.data)
-  if config.data.max_train_per_class:
-    dataset = limit_per_class(dataset, config.data.max_train_per_class)
+  # An explicit class order may name a subset: only those classes are loaded.
+  dataset = load_dataset(config.data, listed_classes(config.scenario.class_order))
+  if config.data.max_train_per_class or config.data.max_test_per_class:
+    dataset = subsample_per_class(dataset, config.data.max_train_per_class,
+                                  config.data.max_test_per_class)
   order = class_order(dataset.num_classes, config.scenario.class_order,
                       config.scenario.class_order_seed)
   tasks = make_tasks(order, config.scenario.base_classes, config.scenario.increment)
   if not 0 <= config.scenario.num_tasks <= len(tasks):
     raise UserError(f'scenario.num_tasks={config.scenario.num_tasks} but the scenario has '
                     f'{len(tasks)} tasks; use 0 (all) or a number up to {len(tasks)}')
-  output_of_label = np.empty(dataset.num_classes, np.int32)
-  output_of_label[order] = np.arange(dataset.num_classes)
+  output_of_label = np.full(dataset.num_classes, -1, np.int32)
+  output_of_label[order] = np.arange(len(order))
   experiment = Experiment(config, workdir, method, dataset, order, tasks,
                           output_of_label[dataset.train_labels],
                           output_of_label[dataset.test_labels])
   if method.generator_terms:
     height, width, _ = dataset.image_shape
-    if height != width or height % 4:
-      raise UserError(f'the generator makes square images whose side is a multiple of 4; '
-                      f'{dataset.name} has {height}x{width}')
+    if height != width:
+      raise UserError(f'the generator makes square images but {dataset.name} has {height}x{width}'
+                      ' images; set --config.data.image_size to resize them')
+    try:
+      generator_features(config.generator.architecture, config.generator.hidden,
+                         config.generator.image_size or height)
+    except ValueError as e:
+      raise UserError(f'generator: {e}; fix --config.generator.image_size or .architecture') from None
     for task in experiment.tasks_to_run[1:]:
       parallel.check_divisible(experiment.generated_batch_size(task),
                                f'the generated batch of task {task.index}')
@@ -264,7 +275,8 @@ def _write_samples(experiment: Experiment, task: Task, generator_params: Any, ou
   count = experiment.config.generator.batch_size  # the batch size its BN statistics expect
   images = inversion.make_sampler(generator, count)(parallel.replicate(generator_params),
                                                      experiment.task_key(task, _SAMPLES))
-  grid = inversion.image_grid(np.asarray(images)[:128], experiment.dataset.mean,
+  shown = 128 if images.shape[1] <= 64 else 32  # keeps 224-pixel grids a few MB
+  grid = inversion.image_grid(np.asarray(images)[:shown], experiment.dataset.mean,
                               experiment.dataset.std)
   if jax.process_index() == 0:
     folder = experiment.workdir / 'samples'

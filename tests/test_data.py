@@ -1,10 +1,5 @@
 """Loaders on miniature files in the official formats, written by the tests."""
 
-import io
-import pathlib
-import pickle
-import tarfile
-
 import jax
 import ml_collections
 import numpy as np
@@ -17,12 +12,15 @@ from mfgr_jax.data.idx import read_idx, write_idx
 from mfgr_jax.data.loading import load_dataset
 from mfgr_jax.errors import UserError
 
+import archives
+
 CIFAR100_BINARY_URL = 'https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz'
 
 
 def _data_config(name, tmp_path, **kw):
-  return ml_collections.ConfigDict(dict(name=name, data_dir=str(tmp_path / 'tfds'),
-                                        manual_dir=str(tmp_path / 'manual'), download=False, **kw))
+  return ml_collections.ConfigDict({**dict(name=name, data_dir=str(tmp_path / 'tfds'),
+                                           manual_dir=str(tmp_path / 'manual'), download=False,
+                                           image_size=0), **kw})
 
 
 def _images(n, shape, seed):
@@ -96,51 +94,17 @@ def test_unknown_dataset(tmp_path):
     load_dataset(_data_config('mnist', tmp_path))
 
 
-def _cifar_split(n, seed):
-  """Images whose R, G, B planes differ, as the official rows store them."""
-  rng = np.random.default_rng(seed)
-  images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-  fine = rng.integers(0, 100, n)
-  coarse = fine // 5
-  return images, fine, coarse
-
-
-def _add_file(tar, name, data):
-  info = tarfile.TarInfo(name)
-  info.size = len(data)
-  tar.addfile(info, io.BytesIO(data))
-
-
 def test_cifar100_from_python_archive(tmp_path):
-  (tmp_path / 'manual').mkdir()
-  splits = {'train': _cifar_split(12, 0), 'test': _cifar_split(6, 1)}
-  with tarfile.open(tmp_path / 'manual' / 'cifar-100-python.tar.gz', 'w:gz') as tar:
-    meta = {'fine_label_names': [f'fine{i}' for i in range(100)],
-            'coarse_label_names': [f'coarse{i}' for i in range(20)]}
-    _add_file(tar, 'cifar-100-python/meta', pickle.dumps(meta))
-    for split, (images, fine, coarse) in splits.items():
-      rows = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)  # R plane, G plane, B plane
-      batch = {'data': rows, 'fine_labels': fine.tolist(), 'coarse_labels': coarse.tolist(),
-               'filenames': [f'{i}.png' for i in range(len(images))]}
-      _add_file(tar, f'cifar-100-python/{split}', pickle.dumps(batch))
+  splits = {'train': archives.cifar_split(12, 0), 'test': archives.cifar_split(6, 1)}
+  archives.write_cifar100_python(tmp_path / 'manual', splits)
   dataset = load_dataset(_data_config('cifar100', tmp_path))
   _assert_same_examples(dataset, splits)
   assert dataset.class_names[:2] == ['fine0', 'fine1']
 
 
 def test_cifar100_from_binary_archive_through_tfds(tmp_path, monkeypatch):
-  (tmp_path / 'manual').mkdir()
-  archive = tmp_path / 'manual' / 'cifar-100-binary.tar.gz'
-  splits = {'train': _cifar_split(10, 2), 'test': _cifar_split(4, 3)}
-  with tarfile.open(archive, 'w:gz') as tar:
-    for split, (images, fine, coarse) in splits.items():
-      records = np.concatenate([coarse[:, None], fine[:, None],
-                                images.transpose(0, 3, 1, 2).reshape(len(images), 3072)], 1)
-      _add_file(tar, f'cifar-100-binary/{split}.bin', records.astype(np.uint8).tobytes())
-    _add_file(tar, 'cifar-100-binary/fine_label_names.txt',
-              '\n'.join(f'f{i}' for i in range(100)).encode())
-    _add_file(tar, 'cifar-100-binary/coarse_label_names.txt',
-              '\n'.join(f'c{i}' for i in range(20)).encode())
+  splits = {'train': archives.cifar_split(10, 2), 'test': archives.cifar_split(4, 3)}
+  archive = archives.write_cifar100_binary(tmp_path / 'manual', splits)
   # TFDS accepts a manual file only if it matches the registered checksum of
   # the real archive; register the miniature's instead.
   monkeypatch.setattr(Cifar100, 'url_infos', {CIFAR100_BINARY_URL: checksums.compute_url_info(archive)})

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from mfgr_jax import inversion, losses, parallel
-from mfgr_jax.models.generator import Generator
+from mfgr_jax.models.generator import Generator, generator_features
 from mfgr_jax.models.layers import BN_INPUT_MOMENTS, bn_input_statistics
 from mfgr_jax.models.resnet import resnet
 
@@ -177,6 +177,36 @@ def test_generator_sizes(size, channels, params):
   generator = Generator(size, channels)
   shapes = jax.eval_shape(lambda: generator.init(jax.random.PRNGKey(0), jnp.zeros((2, 1000))))
   assert sum(x.size for x in jax.tree_util.tree_leaves(shapes)) == params
+
+
+def test_pyramid_generator_256_resized_to_224():
+  # Generator256 (spec §2.2): 4x4 start, six up+conv blocks 256,128,64,32,16,8, conv to 3.
+  generator = Generator(256, 3, latent_dim=1000, hidden=256, architecture='pyramid',
+                        output_size=224)
+  shapes = jax.eval_shape(lambda: generator.init(jax.random.PRNGKey(0), jnp.zeros((2, 1000))))
+  convs = [v['kernel'].shape for k, v in sorted(shapes['params'].items(), key=lambda kv: int(
+      kv[0].split('_')[-1])) if k.startswith('Conv')]
+  assert convs == [(3, 3, 256, 256), (3, 3, 256, 128), (3, 3, 128, 64), (3, 3, 64, 32),
+                   (3, 3, 32, 16), (3, 3, 16, 8), (3, 3, 8, 3)]
+  assert shapes['params']['Linear_0']['dense']['kernel'].shape == (1000, 256 * 4 * 4)
+  out = jax.eval_shape(lambda: generator.apply(generator.init(
+      jax.random.PRNGKey(0), jnp.zeros((2, 1000))), jnp.zeros((2, 1000))))
+  assert out.shape == (2, 224, 224, 3)
+
+
+def test_generator_resize_is_half_pixel_bilinear_without_antialiasing():
+  # PyTorch's F.interpolate(bilinear, align_corners=False) from 4 to 2 pixels samples at
+  # input coordinates 0.5 and 2.5: the means of neighbouring pairs.
+  x = jnp.arange(4.0).reshape(1, 1, 4, 1) * jnp.ones((1, 4, 1, 1))
+  y = jax.image.resize(x, (1, 2, 2, 1), 'bilinear', antialias=False)
+  np.testing.assert_allclose(np.asarray(y)[0, 0, :, 0], [0.5, 2.5])
+
+
+@pytest.mark.parametrize('architecture,size', [('dafl', 30), ('pyramid', 48), ('pyramid', 4),
+                                               ('gan', 32)])
+def test_impossible_generator_sizes_are_refused(architecture, size):
+  with pytest.raises(ValueError, match='generator'):
+    generator_features(architecture, 64, size)
 
 
 def test_replay_step_threads_bn_statistics_and_leaves_old_model_and_generator_alone():

@@ -19,6 +19,27 @@ def test_parameter_counts_match_the_pytorch_cifar_resnets(depth, params):
   assert sum(x.size for x in jax.tree_util.tree_leaves(shapes['params'])) == params
 
 
+def test_imagenet_stem_resnet18_matches_torchvision():
+  # torchvision's resnet18 has 11,689,512 parameters with 1000 classes; 7x7/2 stem +
+  # max-pool take 224 to 56, and the last stage is 7x7.
+  model = resnet(18, 1000, 64, stem='imagenet')
+  shapes = jax.eval_shape(lambda: _init(model, (1, 224, 224, 3)))
+  assert sum(x.size for x in jax.tree_util.tree_leaves(shapes['params'])) == 11_689_512
+  small = resnet(18, 3, 4, stem='imagenet')
+  variables = _init(small, (1, 64, 64, 3))
+  (logits, features), state = small.apply(variables, jnp.ones((2, 64, 64, 3)), train=False,
+                                          mutable=[BN_INPUT_MOMENTS])
+  assert logits.shape == (2, 3) and features.shape == (2, 32)
+  stats = bn_input_statistics(state[BN_INPUT_MOMENTS], variables['batch_stats'])
+  assert len(stats) == 20
+
+
+def test_max_pool_pads_with_minus_infinity():
+  # PyTorch's MaxPool2d(3, 2, padding=1) never lets the padding win, even for negative maps.
+  x = -jnp.ones((1, 4, 4, 1))
+  assert float(nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1))).max()) == -1.0
+
+
 @pytest.mark.parametrize('depth,layers', [(18, 20), (34, 36)])
 def test_every_bn_input_is_reported(depth, layers):
   model = resnet(depth, 5, width=4)

@@ -1,7 +1,7 @@
 import pytest
 
 from mfgr_jax.errors import UserError
-from mfgr_jax.scenario import class_order, make_tasks
+from mfgr_jax.scenario import class_order, listed_classes, make_tasks
 
 
 def test_seeded_order_matches_icarl_pycil_facil():
@@ -15,7 +15,13 @@ def test_identity_and_explicit_orders():
   assert class_order(4, '2,0,3,1', 0) == [2, 0, 3, 1]
 
 
-@pytest.mark.parametrize('spec', ['0,1,1,2', '0,1,2', 'random', '0,1,2,x'])
+def test_explicit_order_may_use_a_subset_of_the_classes():
+  assert class_order(200, '7,3', 0) == [7, 3]
+  assert listed_classes('7,3') == [7, 3]
+  assert listed_classes('identity') is None and listed_classes('seeded') is None
+
+
+@pytest.mark.parametrize('spec', ['0,1,1,2', '0,1,4', '-1,2', 'random', '0,1,2,x'])
 def test_bad_orders_are_rejected(spec):
   with pytest.raises(UserError, match='class_order'):
     class_order(4, spec, 0)

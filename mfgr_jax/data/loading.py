@@ -8,13 +8,17 @@ where we looked and the command that fixes it.
 """
 
 import dataclasses
+import io
 import pathlib
 import pickle
 import tarfile
+from typing import Sequence
 
 from absl import logging
 import ml_collections
 import numpy as np
+import PIL.Image
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download import download_manager
 
@@ -41,6 +45,9 @@ class Dataset:
   @property
   def image_shape(self) -> tuple[int, int, int]:
     return tuple(self.train_images.shape[1:])
+
+
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,24 +81,59 @@ _SPECS = {
         default_manual_dir='~/tensorflow_datasets/downloads/manual',
         how_to_get='place cifar-100-binary.tar.gz or cifar-100-python.tar.gz from '
                    'https://www.cs.toronto.edu/~kriz/cifar.html in that folder'),
+    'tiny_imagenet': _Spec(
+        # One source per layout; both prepare the same `tiny_imagenet` builder.
+        sources=(_Source('tiny_imagenet', (builders.TINY_IMAGENET_ARCHIVE,)),
+                 _Source('tiny_imagenet', (builders.TINY_IMAGENET_FOLDER,))),
+        mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
+        default_manual_dir='~/tensorflow_datasets/downloads/manual',
+        how_to_get=f'place {builders.TINY_IMAGENET_ARCHIVE} from '
+                   'http://cs231n.stanford.edu/tiny-imagenet-200.zip (or its extracted folder) in '
+                   'that folder'),
+    'caltech_birds2011': _Spec(
+        sources=(_Source('caltech_birds2011_archive', (builders.CUB_ARCHIVE,)),
+                 _Source('caltech_birds2011')),
+        mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
+        default_manual_dir='~/tensorflow_datasets/downloads/manual',
+        how_to_get=f'place {builders.CUB_ARCHIVE} from '
+                   'https://data.caltech.edu/records/65de6-vp158 in that folder'),
+    'caltech101': _Spec(
+        sources=tuple(_Source('caltech101_archive', (name,))
+                      for name in builders.CALTECH101_ARCHIVES) + (_Source('caltech101'),),
+        mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
+        default_manual_dir='~/tensorflow_datasets/downloads/manual',
+        how_to_get=f'place {" or ".join(builders.CALTECH101_ARCHIVES)} from '
+                   'https://data.caltech.edu/records/mzrjq-6wc02 in that folder'),
 }
-DATASETS = ('synthetic',) + tuple(_SPECS)
+# Datasets made of others: label ids of part k follow those of parts 0..k-1, and
+# class names get the part's name as a prefix.
+_COMPOSITES = {'cub_caltech': ('caltech_birds2011', 'caltech101')}
+DATASETS = ('synthetic',) + tuple(_SPECS) + tuple(_COMPOSITES)
 
 # What bad or missing archives (and a failed download) raise while preparing.
 _PREPARATION_ERRORS = (OSError, ValueError, EOFError, KeyError, tarfile.TarError,
                        pickle.UnpicklingError, download_manager.NonMatchingChecksumError)
 
 
-def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
-  """Loads `config.name` (see `configs/` for the fields of `config.data`)."""
+def load_dataset(config: ml_collections.ConfigDict,
+                 labels: Sequence[int] | None = None) -> Dataset:
+  """Loads `config.name` (see `configs/` for the fields of `config.data`).
+
+  Only the images of `labels` (dataset label ids; None = all) are decoded and
+  kept; `class_names` still lists every class of the dataset. With
+  `config.image_size` every image is resized to that square size.
+  """
   if config.name == 'synthetic':
     splits = make_synthetic(config.synthetic.num_classes, config.synthetic.image_size,
                             config.synthetic.channels, config.synthetic.train_per_class,
                             config.synthetic.test_per_class, config.synthetic.seed)
-    return Dataset('synthetic', *splits['train'], *splits['test'],
-                   class_names=[f'class_{c}' for c in range(config.synthetic.num_classes)],
-                   mean=(0.5,) * config.synthetic.channels,
-                   std=(0.25,) * config.synthetic.channels)
+    dataset = Dataset('synthetic', *splits['train'], *splits['test'],
+                      class_names=[f'class_{c}' for c in range(config.synthetic.num_classes)],
+                      mean=(0.5,) * config.synthetic.channels,
+                      std=(0.25,) * config.synthetic.channels)
+    return _keep_labels(dataset, labels)
+  if config.name in _COMPOSITES:
+    return _load_composite(config, labels)
   if config.name not in _SPECS:
     raise UserError(f'unknown dataset {config.name!r}; choose one of {", ".join(DATASETS)} '
                     '(--config.data.name=...)')
@@ -106,14 +148,84 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
         f'{sorted({f for s in spec.sources for f in s.manual_files})} in {manual_dir}'
         f'{"" if config.download else " (download disabled)"}; fix: {spec.how_to_get}, or '
         'set --config.data.manual_dir to where the files are')
-  train, test = (tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  image_shape = builder.info.features['image'].shape
+  if None in image_shape and not config.image_size:
+    raise UserError(f'{config.name} has images of different sizes; set --config.data.image_size '
+                    '(e.g. 224) to resize them to one square size')
+  wanted = None if labels is None else np.asarray(sorted(labels))
+  train, test = (_read_split(builder, split, wanted, config.image_size, image_shape[-1])
                  for split in ('train', 'test'))
   logging.info('Loaded %s from TFDS builder %s (%s): %d train, %d test images', config.name,
-               builder.name, builder.data_dir, len(train['label']), len(test['label']))
-  return Dataset(config.name, train['image'], train['label'].astype(np.int32),
-                 test['image'], test['label'].astype(np.int32),
+               builder.name, builder.data_dir, len(train[1]), len(test[1]))
+  return Dataset(config.name, *train, *test,
                  class_names=list(builder.info.features['label'].names),
                  mean=spec.mean, std=spec.std)
+
+
+def _read_split(builder: tfds.core.DatasetBuilder, split: str, wanted: np.ndarray | None,
+                image_size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+  """(uint8 images, int32 labels) of the examples of `split` whose label is wanted."""
+  if None not in builder.info.features['image'].shape:
+    # One size: TensorFlow decodes the whole split at once (seconds for 70k images).
+    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    keep = slice(None) if wanted is None else np.isin(data['label'], wanted)
+    images, labels = data['image'][keep], data['label'][keep]
+    if image_size and images.shape[1:3] != (image_size, image_size):
+      images = np.stack([_resize(image, image_size) for image in images])
+    return images, labels.astype(np.int32)
+  # Photographs of any size: filter before decoding, then decode one by one.
+  dataset = builder.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()})
+  if wanted is not None:
+    dataset = dataset.filter(lambda example: tf.reduce_any(example['label'] == wanted))
+  images, labels = [], []
+  for example in tfds.as_numpy(dataset):
+    image = np.asarray(PIL.Image.open(io.BytesIO(example['image'])).convert('RGB'))
+    images.append(_resize(image, image_size))
+    labels.append(example['label'])
+  if not images:
+    return np.zeros((0, image_size, image_size, channels), np.uint8), np.zeros((0,), np.int32)
+  return np.stack(images), np.asarray(labels, np.int32)
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+  """HxWxC uint8 -> size x size x C with PIL's bilinear filter (torchvision's `Resize`)."""
+  pil = PIL.Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  resized = np.asarray(pil.resize((size, size), PIL.Image.BILINEAR), np.uint8)
+  return resized.reshape(size, size, image.shape[-1])
+
+
+def _load_composite(config: ml_collections.ConfigDict, labels: Sequence[int] | None) -> Dataset:
+  """Loads the parts of a composite dataset and joins them (label ids offset by part)."""
+  parts, offset = [], 0
+  for name in _COMPOSITES[config.name]:
+    part_config = ml_collections.ConfigDict({**config.to_dict(), 'name': name})
+    num_classes = len(_class_names(part_config))
+    mine = None if labels is None else [l - offset for l in labels if offset <= l < offset + num_classes]
+    part = load_dataset(part_config, mine)
+    parts.append(dataclasses.replace(part, train_labels=part.train_labels + offset,
+                                     test_labels=part.test_labels + offset))
+    offset += num_classes
+  join = lambda field: np.concatenate([getattr(p, field) for p in parts])
+  return Dataset(config.name, join('train_images'), join('train_labels'), join('test_images'),
+                 join('test_labels'),
+                 class_names=[f'{p.name}:{n}' for p in parts for n in p.class_names],
+                 mean=parts[0].mean, std=parts[0].std)
+
+
+def _class_names(config: ml_collections.ConfigDict) -> list[str]:
+  """The label names of a dataset's TFDS builder, without preparing it."""
+  spec = _SPECS[config.name]
+  return list(tfds.builder(spec.sources[0].builder, data_dir=config.data_dir or None)
+              .info.features['label'].names)
+
+
+def _keep_labels(dataset: Dataset, labels: Sequence[int] | None) -> Dataset:
+  if labels is None:
+    return dataset
+  train, test = (np.isin(dataset.train_labels, labels), np.isin(dataset.test_labels, labels))
+  return dataclasses.replace(
+      dataset, train_images=dataset.train_images[train], train_labels=dataset.train_labels[train],
+      test_images=dataset.test_images[test], test_labels=dataset.test_labels[test])
 
 
 def _prepared_builder(spec: _Spec, data_dir: str | None, manual_dir: pathlib.Path,
@@ -139,15 +251,21 @@ def _prepared_builder(spec: _Spec, data_dir: str | None, manual_dir: pathlib.Pat
   return None
 
 
-def limit_per_class(dataset: Dataset, max_per_class: int, seed: int = 0) -> Dataset:
-  """Keeps at most `max_per_class` training images of each class (a seeded, fixed subset).
+def subsample_per_class(dataset: Dataset, max_train: int, max_test: int,
+                        seed: int = 0) -> Dataset:
+  """Keeps at most `max_train` / `max_test` images of each class (0 = all).
 
-  The subset depends only on `seed`, not on the run's seed, so runs with
-  different seeds train on the same images. The test split is kept whole.
+  The subsets are seeded by `seed` only, not by the run's seed, so runs with
+  different seeds see the same images.
   """
-  rng = np.random.RandomState(seed)
-  keep = np.sort(np.concatenate([
-      rng.permutation(np.flatnonzero(dataset.train_labels == c))[:max_per_class]
-      for c in range(dataset.num_classes)]))
-  return dataclasses.replace(dataset, train_images=dataset.train_images[keep],
-                             train_labels=dataset.train_labels[keep])
+  def keep(labels: np.ndarray, limit: int, stream: int) -> np.ndarray:
+    if not limit:
+      return np.arange(len(labels))
+    rng = np.random.RandomState([seed, stream])
+    return np.sort(np.concatenate([np.zeros((0,), np.int64)] + [
+        rng.permutation(np.flatnonzero(labels == c))[:limit] for c in np.unique(labels)]))
+
+  train, test = keep(dataset.train_labels, max_train, 0), keep(dataset.test_labels, max_test, 1)
+  return dataclasses.replace(
+      dataset, train_images=dataset.train_images[train], train_labels=dataset.train_labels[train],
+      test_images=dataset.test_images[test], test_labels=dataset.test_labels[test])

@@ -2,7 +2,8 @@
 
 Linear -> BN -> [nearest x2 -> conv3x3 -> BN(eps 0.8) -> LeakyReLU(0.2)] x 2 ->
 conv3x3 -> tanh -> affine-free BN. The start map is image_size/4, so the same
-module gives 28x28 (Fashion-MNIST), 32x32 (CIFAR, `Generator32`) and 64x64.
+module gives 28x28 (Fashion-MNIST), 32x32 (CIFAR, `Generator32`) and 64x64;
+the 'pyramid' architecture stacks more blocks for 128 and 256 pixels.
 
 Every BatchNorm normalises with the statistics of the current batch, in
 training and when sampling for replay (the official code never calls
@@ -13,6 +14,7 @@ data parallelism the statistics are those of the global batch.
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mfgr_jax.models.layers import Linear, torch_bias_init, torch_kernel_init
 
@@ -42,29 +44,61 @@ def _upsample2(x: jax.Array) -> jax.Array:
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
+def generator_features(architecture: str, hidden: int, image_size: int) -> tuple[int, ...]:
+  """Output channels of the generator's upsampling blocks.
+
+  'dafl': DAFL's `Generator32` (spec §2.2): two blocks (hidden, hidden/2) from
+  an image_size/4 map. 'pyramid': MFGR's `Generator128/256` of the CUB and
+  Caltech experiments: from a 4x4 map, one block per doubling, channels halving
+  from `hidden` (256 in the code), e.g. 256, 128, 64, 32, 16, 8 for 256x256.
+  """
+  if architecture == 'dafl':
+    if image_size % 4:
+      raise ValueError(f"the 'dafl' generator needs an image size divisible by 4, got {image_size}")
+    return (hidden, hidden // 2)
+  if architecture == 'pyramid':
+    blocks = int(np.log2(image_size / 4)) if image_size >= 8 else 0
+    if blocks < 1 or 4 * 2**blocks != image_size:
+      raise ValueError(f"the 'pyramid' generator needs an image size of 4 times a power of 2 "
+                       f'(8, 16, ..., 256), got {image_size}')
+    return tuple(max(hidden >> block, 1) for block in range(blocks))
+  raise ValueError(f"unknown generator architecture {architecture!r}; use 'dafl' or 'pyramid'")
+
+
 class Generator(nn.Module):
-  """Maps z ~ N(0, I) of size `latent_dim` to images of `image_size`^2 x `channels`."""
+  """Maps z ~ N(0, I) of size `latent_dim` to images of `image_size`^2 x `channels`.
+
+  With `output_size` the images are then resized bilinearly (half-pixel
+  centres, no antialiasing: PyTorch's `F.interpolate(mode='bilinear',
+  align_corners=False)`), as the code feeds 256-pixel samples to a 224-pixel
+  classifier.
+  """
   image_size: int = 32
   channels: int = 3
   latent_dim: int = 1000
   hidden: int = 128
+  architecture: str = 'dafl'
+  output_size: int = 0
   axis_name: str | None = None
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
-    if self.image_size % 4:
-      raise ValueError(f'image_size must be a multiple of 4, got {self.image_size}')
-    start = self.image_size // 4
+    features = generator_features(self.architecture, self.hidden, self.image_size)
+    start = self.image_size // 2**len(features)
 
     def conv(features, x):
       return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=torch_kernel_init,
                      bias_init=torch_bias_init(9 * x.shape[-1]))(x)
 
     norm = lambda eps, x, affine=True: BatchStatisticsNorm(eps, affine, self.axis_name)(x)
-    x = Linear(self.hidden * start * start)(z).reshape(-1, start, start, self.hidden)
+    x = Linear(features[0] * start * start)(z).reshape(-1, start, start, features[0])
     x = norm(1e-5, x)
-    # eps 0.8 is DAFL's quirk (a positional argument meant as momentum), kept for fidelity.
-    x = nn.leaky_relu(norm(0.8, conv(self.hidden, _upsample2(x))), 0.2)
-    x = nn.leaky_relu(norm(0.8, conv(self.hidden // 2, _upsample2(x))), 0.2)
+    for block_features in features:
+      # eps 0.8 is DAFL's quirk (a positional argument meant as momentum), kept for fidelity.
+      x = nn.leaky_relu(norm(0.8, conv(block_features, _upsample2(x))), 0.2)
     x = jnp.tanh(conv(self.channels, x))
-    return norm(1e-5, x, affine=False)
+    x = norm(1e-5, x, affine=False)
+    if self.output_size and self.output_size != self.image_size:
+      x = jax.image.resize(x, (x.shape[0], self.output_size, self.output_size, x.shape[-1]),
+                           'bilinear', antialias=False)
+    return x

@@ -1,7 +1,7 @@
 """CIFAR-style ResNets (kuangliu / DAFL / MFGR `models/resnet.py`), in Flax linen.
 
-3x3 stem without max-pool, four stages of BasicBlocks, global average pool and
-a linear head. At 32x32 input the last map is 4x4, so the global pool equals the
+3x3 stem without max-pool (or torchvision's ImageNet stem), four stages of
+BasicBlocks, global average pool and a linear head. At 32x32 input the last map is 4x4, so the global pool equals the
 code's `avg_pool2d(4)`; it also serves 28x28 (last map 4x4) and 64x64 inputs.
 """
 
@@ -56,15 +56,23 @@ class ResNet(nn.Module):
   num_classes: int
   stage_blocks: Sequence[int] = STAGE_BLOCKS[18]
   width: int = 64
+  stem: str = 'cifar'
   bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-    x = nn.Conv(self.width, (3, 3), padding=_PAD1, use_bias=False,
-                kernel_init=torch_kernel_init, name='stem_conv')(x)
+    if self.stem == 'cifar':
+      x = nn.Conv(self.width, (3, 3), padding=_PAD1, use_bias=False,
+                  kernel_init=torch_kernel_init, name='stem_conv')(x)
+    else:
+      x = nn.Conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+                  kernel_init=torch_kernel_init, name='stem_conv')(x)
     x = InputStatsBatchNorm(axis_name=self.bn_axis_name, name='stem_bn')(
         x, use_running_average=not train)
     x = nn.relu(x)
+    if self.stem == 'imagenet':
+      # -inf padding, as PyTorch's MaxPool2d(3, 2, padding=1).
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for stage, num_blocks in enumerate(self.stage_blocks):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
@@ -74,13 +82,20 @@ class ResNet(nn.Module):
     return Head(self.num_classes, name='head')(features), features
 
 
-def resnet(depth: int, num_classes: int, width: int = 64,
+def resnet(depth: int, num_classes: int, width: int = 64, stem: str = 'cifar',
            bn_axis_name: str | None = None) -> ResNet:
-  """ResNet-18 or ResNet-34 with base width `width` (64 in the paper)."""
+  """ResNet-18 or ResNet-34 with base width `width` (64 in the paper).
+
+  `stem`: 'cifar' (3x3 conv, no pooling; CIFAR and Tiny ImageNet) or
+  'imagenet' (7x7 stride-2 conv and 3x3 stride-2 max-pool, torchvision's
+  ResNet, which the paper's CUB/Caltech experiments use at 224x224).
+  """
   if depth not in STAGE_BLOCKS:
     raise ValueError(f'depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}')
+  if stem not in ('cifar', 'imagenet'):
+    raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
   return ResNet(num_classes=num_classes, stage_blocks=STAGE_BLOCKS[depth], width=width,
-                bn_axis_name=bn_axis_name)
+                stem=stem, bn_axis_name=bn_axis_name)
 
 
 def widen_head(params: dict, num_classes: int, rng: jax.Array) -> dict:

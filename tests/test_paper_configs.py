@@ -1,0 +1,110 @@
+"""Every paper setting (configs/<setting>.py) at its debug size, on miniature archives.
+
+The full-size configs are checked against the spec's hyperparameters; the
+debug ones run their first two tasks (task 0, then stage I and stage II of
+MFGR) end to end with the setting's own dataset, model depth, stem and image
+sizes.
+"""
+
+import importlib
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from mfgr_jax import train
+
+import archives
+from conftest import REPO, run_main
+
+# setting -> (dataset, tasks, classes in task 0, increment, model depth, stem, image side)
+SETTINGS = {
+    'cifar100_5phase': ('cifar100', 5, 20, 20, 34, 'cifar', 32),
+    'cifar100_10phase': ('cifar100', 10, 10, 10, 34, 'cifar', 32),
+    'cifar100_6phase': ('cifar100', 6, 50, 10, 34, 'cifar', 32),
+    'tinyimagenet_5phase': ('tiny_imagenet', 5, 40, 40, 34, 'cifar', 32),
+    'tinyimagenet_10phase': ('tiny_imagenet', 10, 20, 20, 34, 'cifar', 32),
+    'tinyimagenet_6phase': ('tiny_imagenet', 6, 100, 20, 34, 'cifar', 32),
+    'cub_caltech_2phase': ('cub_caltech', 2, 50, 10, 18, 'imagenet', 224),
+    'cub_10_10': ('caltech_birds2011', 2, 10, 10, 18, 'imagenet', 224),
+}
+
+
+def _config(setting, arg=None):
+  return importlib.import_module(f'configs.{setting}').get_config(arg)
+
+
+@pytest.fixture(scope='module')
+def data_dirs(tmp_path_factory):
+  """Miniature official archives of every dataset (2 train + 2 test images per class
+  of CIFAR-100 and Tiny ImageNet; all CUB classes; the Caltech classes the configs use)."""
+  root = tmp_path_factory.mktemp('paper_data')
+  manual = root / 'manual'
+  labels = np.repeat(np.arange(100), 2)
+  archives.write_cifar100_python(manual, {'train': archives.cifar_split(200, 0, labels),
+                                          'test': archives.cifar_split(200, 1, labels)})
+  archives.write_tiny_imagenet(manual, train_per_class=2, val_per_class=2)
+  archives.write_cub(manual, train_per_class=2, test_per_class=2)
+  from configs import paper
+  archives.write_caltech101(manual, per_class=32, labels=paper.CALTECH_OLD + paper.CALTECH_NEW)
+  return {'manual_dir': str(manual), 'data_dir': str(root / 'tfds')}
+
+
+@pytest.mark.parametrize('setting', SETTINGS)
+def test_full_size_config_follows_the_spec(setting):
+  dataset, num_tasks, first, increment, depth, stem, side = SETTINGS[setting]
+  config = _config(setting)
+  assert config.data.name == dataset and config.method == 'mfgr'
+  assert (config.model.depth, config.model.stem, config.model.width) == (depth, stem, 64)
+  assert (config.train.batch_size, config.train.learning_rate) == (128, 0.1)
+  assert config.scenario.base_classes == first and config.scenario.increment == increment
+  assert config.scenario.num_tasks == 0 and config.data.max_train_per_class in (0, 30)
+  assert config.generator.weights.diversity == 0.1  # the full method ("Ours")
+  if depth == 34:  # CIFAR-100 and Tiny ImageNet: the official run.sh recipe
+    assert config.train.epochs == 150
+    assert (config.generator.steps, config.generator.batch_size) == (60_000, 512)
+    assert config.replay.generated_batch_size == 512 and config.data.crop_padding == 4
+    assert config.generator.architecture == 'dafl'
+  else:
+    assert (config.generator.architecture, config.generator.image_size) == ('pyramid', 256)
+    assert config.data.image_size == side
+
+
+def test_tiny_imagenet_resolution_option():
+  assert _config('tinyimagenet_5phase').data.image_size == 32
+  assert _config('tinyimagenet_5phase', 'res64').data.image_size == 64
+  with pytest.raises(ValueError, match='unknown config option'):
+    _config('cifar100_5phase', 'res64')
+
+
+def test_cub_caltech_classes():
+  order = [int(c) for c in _config('cub_caltech_2phase').scenario.class_order.split(',')]
+  assert len(order) == len(set(order)) == 60
+  assert all(c < 200 for c in order[:40]) and all(200 <= c < 302 for c in order[40:])
+
+
+@pytest.mark.parametrize('setting', SETTINGS)
+def test_debug_size_runs_two_tasks(setting, data_dirs, tmp_path):
+  dataset, num_tasks, first, increment, depth, stem, side = SETTINGS[setting]
+  config = _config(setting, 'debug')
+  config.data.update(data_dirs, download=False)
+  results = train.run(config, str(tmp_path))
+  assert results['dataset'] == dataset and results['method'] == 'mfgr'
+  assert len(results['tasks']) == num_tasks  # the whole split is planned ...
+  assert [len(t) for t in results['tasks'][:2]] == [first, increment]
+  assert len(results['accuracy']) == 2  # ... debug runs its first two tasks
+  assert results['old_accuracy'][1] is not None and 'generator' in results['seconds'][1]
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert (saved['model']['depth'], saved['model']['stem']) == (depth, stem)
+  grid = np.asarray(PIL.Image.open(tmp_path / 'samples' / 'task1.png'))
+  assert grid.shape[0] % (side + 2) == 0  # tiles of the classifier's size, 1-pixel borders
+
+
+def test_debug_option_through_the_command_line(data_dirs, tmp_path):
+  proc = run_main(f'--config={REPO}/configs/cifar100_10phase.py:debug', f'--workdir={tmp_path}',
+                  f'--config.data.manual_dir={data_dirs["manual_dir"]}',
+                  f'--config.data.data_dir={data_dirs["data_dir"]}', '--config.data.download=False',
+                  '--config.method=lwf')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert len(json.loads((tmp_path / 'results.json').read_text())['accuracy']) == 2

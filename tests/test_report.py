@@ -1,0 +1,175 @@
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from mfgr_jax import plots
+from mfgr_jax import report
+
+ORDER = [2, 0, 1]  # output i is dataset label ORDER[i]
+TASKS = [[2], [0], [1]]
+NAMES = ['zero', 'one', 'two']  # indexed by dataset label id
+
+
+def _results(method, seed, accuracy=(100.0, 90.0, 80.0), diagonal=(10, 10, 10), generator=None,
+             done=3):
+  """A run of TASKS that finished `done` tasks.
+
+  After the last task, `diagonal[i]` of output i's 10 test images are right and the
+  others go to the next output; earlier tasks have fixed numbers.
+  """
+  d = diagonal
+  stage = {'classifier': 5.0, 'eval': 1.0, **({'generator': generator} if generator else {})}
+  per_task = {
+      'accuracy': list(accuracy),
+      'old_accuracy': [None, 90.0, 5.0 * (d[0] + d[1])],
+      'new_accuracy': [100.0, 80.0, 10.0 * d[2]],
+      'per_class_accuracy': [{'2': 100.0}, {'2': 90.0, '0': 80.0},
+                             {str(label): 10.0 * right for label, right in zip(ORDER, d)}],
+      'confusion_matrix': [[[10]], [[9, 1], [2, 8]],
+                           [[d[0], 10 - d[0], 0], [0, d[1], 10 - d[1]], [10 - d[2], 0, d[2]]]],
+      'seconds': [{'classifier': 1.0, 'eval': 1.0}, stage, stage],
+  }
+  return {'method': method, 'dataset': 'toy', 'seed': seed, 'class_order': ORDER,
+          'class_names': NAMES, 'tasks': TASKS, **{k: v[:done] for k, v in per_task.items()},
+          'average_incremental_accuracy': sum(accuracy[:done]) / done,
+          'last_accuracy': accuracy[done - 1],
+          'forgetting': accuracy[0] - accuracy[done - 1] if done > 1 else None}
+
+
+def _write_runs(tmp_path, runs):
+  """Writes each results dict as RUN/results.json; returns the run directories."""
+  dirs = []
+  for name, results in runs.items():
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'results.json').write_text(json.dumps(results))
+    dirs.append(str(tmp_path / name))
+  return dirs
+
+
+def _report(tmp_path, runs, *flags):
+  out = tmp_path / 'report'
+  report.main(_write_runs(tmp_path, runs) + ['--out', str(out), *flags])
+  return (out / 'report.md').read_text()
+
+
+def _section(text, heading):
+  """The table rows under `## heading`."""
+  section = text.split(f'## {heading}\n', 1)[1].split('\n## ', 1)[0]
+  return [line for line in section.splitlines() if line.startswith('|')]
+
+
+def _row(rows, first_cell):
+  return next(row for row in rows if row.startswith(f'| {first_cell} |'))
+
+
+def _one_line_error(argv, match):
+  with pytest.raises(SystemExit, match=match) as error:
+    report.main(argv)
+  message = str(error.value)
+  assert message.startswith('mfgr_jax.report: error: ') and '\n' not in message
+  return message
+
+
+def test_group_accuracy_uses_label_ids():
+  results = _results('mfgr', 0, diagonal=(10, 5, 0))
+  assert report.group_accuracy(results, [2]) == 100.0  # label 2 is output 0
+  assert report.group_accuracy(results, [0, 1]) == 25.0
+
+
+def test_paper_table_has_mean_std_and_avg_improvement(tmp_path):
+  text = _report(tmp_path, {'a': _results('lwf', 0, accuracy=(100.0, 60.0, 40.0)),
+                            'b': _results('lwf', 1, accuracy=(90.0, 70.0, 50.0)),
+                            'c': _results('mfgr', 0, accuracy=(100.0, 80.0, 70.0))})
+  rows = _section(text, 'Accuracy after each task')
+  assert rows[0] == ('| method | runs | Task 1 | Task 2 | Task 3 | avg. incremental | forgetting | '
+                     'avg. improvement |')
+  # Sample std of two values 10 apart: 10 / sqrt(2). Avg. incremental: 66.67 and 70.00;
+  # forgetting: 60 and 40. Improvement: mean(80 - 65, 70 - 45) over tasks 2 and 3.
+  assert _row(rows, 'lwf') == ('| lwf | 2 | 95.00 ± 7.07 | 65.00 ± 7.07 | 45.00 ± 7.07 | '
+                               '68.33 ± 2.36 | 50.00 ± 14.14 | 20.00 |')
+  assert _row(rows, 'mfgr') == '| mfgr | 1 | 100.00 | 80.00 | 70.00 | 83.33 | 30.00 | – |'
+
+
+def test_avg_improvement_follows_reference_and_is_absent_without_one(tmp_path):
+  runs = {'a': _results('lwf', 0, accuracy=(100.0, 60.0, 40.0)),
+          'b': _results('finetune', 0, accuracy=(100.0, 50.0, 20.0))}
+  rows = _section(_report(tmp_path, runs, '--reference', 'lwf'), 'Accuracy after each task')
+  assert _row(rows, 'finetune').endswith('| 15.00 |') and _row(rows, 'lwf').endswith('| – |')
+  rows = _section(report.report_markdown(runs, {}, [], None, 'title', 'command'),
+                  'Accuracy after each task')
+  assert 'avg. improvement' not in rows[0]
+
+
+def test_last_task_table_has_groups_by_label_id_and_stage_seconds(tmp_path):
+  text = _report(tmp_path, {'a': _results('lwf', 0, diagonal=(10, 5, 0)),
+                            'b': _results('lwf', 1, diagonal=(8, 5, 0)),
+                            'c': _results('mfgr', 0, generator=15.0)},
+                 '--groups', 'top=2', '--groups', 'new=0,1')
+  rows = _section(text, 'After the last task')
+  assert rows[0] == ('| method | finished runs | old | new | top (2) | new (0,1) | generator s | '
+                     'classifier s |')
+  # lwf: old (outputs 0, 1) 75 and 65; group "top" (label 2 = output 0) 100 and 80;
+  # labels 0, 1 = outputs 1, 2: 25 both. Seconds summed over tasks 2 and 3 only.
+  assert _row(rows, 'lwf') == ('| lwf | 2 | 70.00 ± 7.07 | 0.00 ± 0.00 | 90.00 ± 14.14 | '
+                               '25.00 ± 0.00 | – | 10.00 ± 0.00 |')
+  assert _row(rows, 'mfgr') == '| mfgr | 1 | 100.00 | 100.00 | 100.00 | 100.00 | 30.00 | 10.00 |'
+
+
+def test_per_class_table(tmp_path):
+  text = _report(tmp_path, {'a': _results('lwf', 0, diagonal=(10, 5, 0)),
+                            'b': _results('lwf', 1, diagonal=(8, 5, 0)),
+                            'c': _results('mfgr', 0)},
+                 '--classes', '2,1')
+  rows = _section(text, 'Per class')
+  assert rows[0] == '|  | two | one |'
+  # Label 2 came with task 1 (100 in every run); label 1 with task 3: 0, 0 and 100.
+  assert _row(rows, 'when learned') == '| when learned | 100.00 | 33.33 |'
+  assert _row(rows, 'lwf') == '| lwf | 90.00 | 0.00 |'
+  assert _row(rows, 'mfgr') == '| mfgr | 100.00 | 100.00 |'
+
+
+def test_charts_are_written_and_embedded(tmp_path):
+  text = _report(tmp_path, {'a': _results('lwf', 0, diagonal=(10, 5, 0)), 'b': _results('mfgr', 0)})
+  for name in ('accuracy_curves.png', 'old_new.png'):
+    assert f']({name})' in text
+    image = np.asarray(PIL.Image.open(tmp_path / 'report' / name).convert('RGB'))
+    assert image.shape == (560, 900, 3)
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 8
+
+
+def test_line_chart_leaves_out_missing_points():
+  image = plots.line_chart([1, 2, 3], {'a': [50.0, None, None], 'b': [10.0, 20.0, 30.0]},
+                           'title', 'x', 'y', size=(400, 300))
+  assert image.shape == (300, 400, 3) and image.dtype == np.uint8
+
+
+def test_unfinished_run_is_reported(tmp_path):
+  text = _report(tmp_path, {'a': _results('lwf', 0, accuracy=(100.0, 60.0), done=2),
+                            'b': _results('lwf', 1, accuracy=(90.0, 70.0, 50.0)),
+                            'c': _results('mfgr', 0, done=1)}, '--classes', '1')
+  rows = _section(text, 'Accuracy after each task')
+  # Task columns average the runs that reached the task; the rest only finished runs.
+  assert _row(rows, 'lwf') == '| lwf | 2 | 95.00 ± 7.07 | 65.00 ± 7.07 | 50.00 | 70.00 | 40.00 | – |'
+  assert _row(rows, 'mfgr') == '| mfgr | 1 | 100.00 | – | – | – | – | – |'
+  assert f"{tmp_path / 'a'} (2 of 3 tasks)" in text
+  assert _row(_section(text, 'After the last task'), 'mfgr').startswith('| mfgr | 0 | – |')
+  assert _row(_section(text, 'Every run'), str(tmp_path / 'c')).startswith(
+      f"| {tmp_path / 'c'} | mfgr | 0 | 1/3 | 100.00 |")
+
+
+def test_different_class_orders_refuse_in_one_line(tmp_path):
+  other = {**_results('lwf', 0), 'class_order': [0, 1, 2]}
+  dirs = _write_runs(tmp_path, {'a': _results('mfgr', 0), 'b': other})
+  message = _one_line_error(dirs + ['--out', str(tmp_path / 'out')], 'differ in class_order')
+  assert dirs[0] in message and dirs[1] in message
+
+
+def test_missing_results_is_one_line(tmp_path):
+  _one_line_error([str(tmp_path), '--out', str(tmp_path / 'out')], 'results.json not found')
+
+
+def test_unknown_label_id_is_one_line(tmp_path):
+  dirs = _write_runs(tmp_path, {'a': _results('mfgr', 0)})
+  _one_line_error(dirs + ['--classes', '0,7', '--out', str(tmp_path / 'out')], r'\[7\]')
