@@ -2,7 +2,7 @@
 
 Sized for a 2-core CPU: LwF or finetune finish in about 9 minutes, MFGR (a
 300-step generator per incremental task) in about half an hour. Switch the
-method with `--config.method=finetune|lwf|oracle|mfgr|lwf_g_bn|g_bn|lwf_g_base`.
+method with `--config.method=finetune|lwf|oracle|ewc|mas|mfgr|lwf_g_bn|g_bn|lwf_g_base`.
 """
 
 import ml_collections
@@ -52,6 +52,14 @@ def get_config() -> ml_collections.ConfigDict:
   # Knowledge distillation of lwf and the generator methods: soft-target CE at
   # this temperature, without Hinton's T^2 factor unless asked (the code has none).
   config.distillation = ml_collections.ConfigDict(dict(temperature=2.0, scale_by_t_squared=False))
+
+  # Quadratic penalties on the backbone (consolidation.py): weight/2 * sum Omega
+  # (theta - theta*)^2; Omega merged over tasks by 'average' (FACIL) or 'sum'.
+  # importance_batch_size: images per step of the per-example gradients.
+  config.ewc = ml_collections.ConfigDict(dict(
+      weight=5000.0, accumulate='average', importance_batch_size=64))
+  config.mas = ml_collections.ConfigDict(dict(
+      weight=1.0, accumulate='average', output_norm='l2', importance_batch_size=64))
 
   # Stage I of the generator methods (mfgr, lwf_g_bn, g_bn, lwf_g_base): a fresh
   # DAFL generator per incremental task, trained against the frozen old model.

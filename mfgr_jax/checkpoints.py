@@ -1,7 +1,8 @@
 """Orbax checkpoints of a run: one per finished task, and periodic ones mid-task.
 
-`WORKDIR/checkpoints/tasks/<t>`: the model (params, batch_stats) after task t
-and the run's metadata (results so far, the config fingerprint). All kept: a
+`WORKDIR/checkpoints/tasks/<t>`: the model (params, batch_stats) after task t,
+the run's metadata (results so far, the config fingerprint) and, for methods
+that carry one, the method's state (e.g. EWC's Fisher and anchor). All kept: a
 later run may reuse another run's task-0 model (`config.init_from`).
 `WORKDIR/checkpoints/progress/<global step>`: the full train state inside a
 task, for resuming after a kill; only the latest is kept.
@@ -14,7 +15,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-MODEL, STATE, META = 'model', 'state', 'meta'
+MODEL, STATE, META, METHOD_STATE = 'model', 'state', 'meta', 'method_state'
 
 
 class Checkpoints:
@@ -30,9 +31,16 @@ class Checkpoints:
     """Index of the last finished task with a checkpoint, or None."""
     return self._tasks.latest_step()
 
-  def save_task(self, task: int, model_vars: Any, meta: dict) -> None:
-    self._tasks.save(task, args=ocp.args.Composite(
-        **{MODEL: ocp.args.StandardSave(model_vars), META: ocp.args.JsonSave(meta)}))
+  def save_task(self, task: int, model_vars: Any, meta: dict, method_state: Any = None) -> None:
+    """`method_state`: what a method carries from task to task (e.g. EWC's Fisher), if any."""
+    items = {MODEL: ocp.args.StandardSave(model_vars), META: ocp.args.JsonSave(meta)}
+    if method_state is not None:
+      items[METHOD_STATE] = ocp.args.StandardSave(method_state)
+    self._tasks.save(task, args=ocp.args.Composite(**items))
+
+  def restore_method_state(self, task: int, target: Any) -> Any:
+    return self._tasks.restore(task, args=ocp.args.Composite(
+        **{METHOD_STATE: ocp.args.StandardRestore(target)}))[METHOD_STATE]
 
   def restore_task(self, task: int, target: Any) -> tuple[Any, dict]:
     """Returns (model variables shaped like `target`, metadata) after `task`."""

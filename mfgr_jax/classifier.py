@@ -41,15 +41,19 @@ def init_train_state(params: Any, batch_stats: Any, tx: optax.GradientTransforma
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn: ClassifierLoss,
-                    augment_kwargs: dict, teacher: nn.Module | None = None) -> Callable:
-  """Returns a data-parallel `step(state, teacher_vars, batch) -> (state, metrics)`.
+                    augment_kwargs: dict, teacher: nn.Module | None = None,
+                    penalty: Callable[[Any, Any], jax.Array] | None = None) -> Callable:
+  """Returns a data-parallel `step(state, teacher_vars, batch, penalty_state) -> (state, metrics)`.
 
   `batch` holds uint8 `image`, output-index `label` and one PRNG key per
   example (`aug_key`). The teacher, if any, runs in eval mode on the same
-  augmented images and is never differentiated.
+  augmented images and is never differentiated. `penalty(params,
+  penalty_state)`, if given, is added to the loss (EWC, MAS); pass None as
+  `teacher_vars` / `penalty_state` when unused.
   """
 
-  def step(state: TrainState, teacher_vars: Any, batch: dict) -> tuple[TrainState, dict]:
+  def step(state: TrainState, teacher_vars: Any, batch: dict,
+           penalty_state: Any) -> tuple[TrainState, dict]:
     images = augment(batch['image'], batch['aug_key'], **augment_kwargs)
     teacher_logits = None
     if teacher is not None:
@@ -59,13 +63,17 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn:
       (logits, _), updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
                                          images, train=True, mutable=['batch_stats'])
       loss, metrics = loss_fn(logits, batch['label'], teacher_logits)
+      if penalty is not None:
+        metrics = {**metrics, 'penalty': penalty(params, penalty_state)}
+        loss = loss + metrics['penalty']
       accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
       return loss, (updates['batch_stats'], {**metrics, 'loss': loss, 'train_accuracy': accuracy})
 
     return _apply_gradients(state, tx, loss_and_stats)
 
   return parallel.data_parallel(
-      step, in_specs=(parallel.REPLICATED, parallel.REPLICATED, parallel.SHARDED),
+      step, in_specs=(parallel.REPLICATED, parallel.REPLICATED, parallel.SHARDED,
+                      parallel.REPLICATED),
       out_specs=(parallel.REPLICATED, parallel.REPLICATED), donate_argnums=(0,))
 
 

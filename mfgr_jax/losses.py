@@ -4,6 +4,8 @@ No state and no config objects: every function takes arrays and returns a
 scalar (batch mean unless stated). Formulas follow docs `mfgr_spec.md`.
 """
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -33,6 +35,16 @@ def distillation(student_logits: jax.Array, teacher_logits: jax.Array,
   log_student = jax.nn.log_softmax(student_logits / temperature, axis=-1)
   loss = -jnp.mean(jnp.sum(teacher * log_student, axis=-1))
   return loss * temperature**2 if scale_by_t_squared else loss
+
+
+def quadratic_penalty(params: Any, anchor: Any, importance: Any) -> jax.Array:
+  """sum_i importance_i (params_i - anchor_i)^2 over the leaves of `importance` (EWC, MAS).
+
+  The three trees share a structure; the anchor is not differentiated.
+  """
+  terms = jax.tree.map(lambda p, a, w: jnp.sum(w * jnp.square(p - jax.lax.stop_gradient(a))),
+                       params, anchor, importance)
+  return sum(jax.tree.leaves(terms), jnp.zeros(()))
 
 
 # Stage I (knowledge recording): losses of the generator against the frozen

@@ -48,7 +48,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(f'{e}; see --helpshort')
+    message = str(e)
+    if 'Traceback (most recent call last)' in message:
+      # A config file's get_config raised: keep where, and the exception's own line.
+      where = message.split('Traceback (most recent call last)')[0].rstrip(': \n')
+      message = f'{where}: {message.strip().splitlines()[-1]}'
+    _fail(f'{message}; see --helpshort')
   except (KeyError, AttributeError, TypeError, ValueError) as e:
     # ml_collections reports a mistyped field as KeyError('field\nDid you mean ...').
     _fail(f'bad config override: {e.args[0] if e.args else e}; fields are listed in the config file')

@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from mfgr_jax import classifier
+from mfgr_jax import consolidation
 from mfgr_jax import evaluation
 from mfgr_jax import inversion
 from mfgr_jax import parallel
@@ -103,6 +104,8 @@ class Experiment:
                    'model': self.config.model.to_dict()}
     if self.method.generator_terms:
       fingerprint['generator'] = self.config.generator.to_dict()
+    if self.method.importance:
+      fingerprint['penalty'] = self.config[self.method.config_section].to_dict()
     return fingerprint
 
 
@@ -112,6 +115,15 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
   parallel.check_divisible(config.eval_batch_size, 'eval_batch_size')
   if method.generator_terms:
     _check_generator_config(config, method)
+  if method.importance:
+    section = config[method.config_section]
+    parallel.check_divisible(section.importance_batch_size,
+                             f'{method.config_section}.importance_batch_size')
+    try:
+      consolidation.merge({}, {}, section.accumulate)
+      method.importance.make_score(None, section)
+    except ValueError as e:
+      raise UserError(f'{method.config_section}: {e}; fix --config.{method.config_section}.*') from None
   # An explicit class order may name a subset: only those classes are loaded.
   dataset = load_dataset(config.data, listed_classes(config.scenario.class_order))
   if config.data.max_train_per_class or config.data.max_test_per_class:
@@ -286,10 +298,13 @@ def _write_samples(experiment: Experiment, task: Task, generator_params: Any, ou
 
 
 def learn_task(experiment: Experiment, task: Task, previous: dict | None,
-               outputs: _Outputs, global_offset: int) -> tuple[dict, dict, dict]:
+               outputs: _Outputs, global_offset: int,
+               method_state: Any = None) -> tuple[dict, dict, dict]:
   """Learns `task` (stage I if the method has a generator, then the classifier).
 
-  Returns (model variables on host, seconds per stage, throughput).
+  `method_state`: what the method carried from the earlier tasks (the anchor
+  and importance of EWC and MAS), or None. Returns (model variables on host,
+  seconds per stage, throughput).
   """
   config, method = experiment.config, experiment.method
   meta = outputs.checkpoints.progress_meta()
@@ -340,8 +355,12 @@ def learn_task(experiment: Experiment, task: Task, previous: dict | None,
                                               parallel.shard(sampler(step)), replay_key)
     payload = lambda state: {'classifier': state, 'generator_params': generator_on_devices}
   else:
-    train_step = classifier.make_train_step(model, tx, loss, augment_kwargs, teacher)
-    step_fn = lambda state, step: train_step(state, teacher_vars, parallel.shard(sampler(step)))
+    penalty = (consolidation.make_penalty(config[method.config_section])
+               if method.importance and method_state is not None else None)
+    train_step = classifier.make_train_step(model, tx, loss, augment_kwargs, teacher, penalty)
+    penalty_state = parallel.replicate(method_state) if penalty else None
+    step_fn = lambda state, step: train_step(state, teacher_vars, parallel.shard(sampler(step)),
+                                             penalty_state)
     payload = lambda state: {'classifier': state}
   state, steps_per_second = _run_stage(
       'classifier', experiment, task, outputs, step_fn, parallel.replicate(state), total_steps,
@@ -350,6 +369,37 @@ def learn_task(experiment: Experiment, task: Task, previous: dict | None,
       steps_per_second * config.train.batch_size if steps_per_second else None)
   return (parallel.to_host({'params': state.params, 'batch_stats': state.batch_stats}), seconds,
           throughput)
+
+
+def consolidate(experiment: Experiment, task: Task, variables: dict, previous: dict | None) -> dict:
+  """EWC / MAS after `task`: {'anchor': its backbone, 'importance': merged with `previous`'s}.
+
+  Importance is the mean over the task's training images (no augmentation).
+  """
+  method = experiment.method
+  config = experiment.config[method.config_section]
+  step = consolidation.make_importance_step(
+      experiment.model(task.num_seen), method.importance.make_score(task, config),
+      method.importance.reduce, experiment.dataset.mean, experiment.dataset.std)
+  indices = experiment.train_indices(task)
+  batch_size = config.importance_batch_size
+  replicated, total = parallel.replicate(variables), None
+  for begin in range(0, len(indices), batch_size):
+    chunk = experiment.dataset.train_images[indices[begin:begin + batch_size]]
+    weights = np.arange(batch_size) < len(chunk)  # zero weight on the padding
+    chunk = np.concatenate([chunk, np.zeros((batch_size - len(chunk),) + chunk.shape[1:],
+                                            chunk.dtype)])
+    summed = step(replicated, parallel.shard(chunk), parallel.shard(weights.astype(np.float32)))
+    total = summed if total is None else jax.tree.map(jnp.add, total, summed)
+  importance = jax.tree.map(lambda x: x / len(indices), parallel.to_host(total))
+  return {'anchor': consolidation.backbone(variables['params']),
+          'importance': consolidation.merge(previous and previous['importance'], importance,
+                                            config.accumulate)}
+
+
+def _method_state_like(experiment: Experiment, task: Task) -> dict:
+  backbone = consolidation.backbone(_variables_like(experiment, task.num_seen)['params'])
+  return {'anchor': backbone, 'importance': backbone}
 
 
 def evaluate(experiment: Experiment, task: Task, variables: dict) -> dict:
@@ -440,7 +490,8 @@ def _load_task0(experiment: Experiment, task: Task) -> tuple[dict, str]:
   other = Checkpoints(source / 'checkpoints')
   saved = other.task_meta(0)['fingerprint']
   # Task 0 trains the same way for every method (plain CE, no generator).
-  expected = {k: v for k, v in experiment.fingerprint().items() if k not in ('method', 'generator')}
+  expected = {k: v for k, v in experiment.fingerprint().items()
+              if k not in ('method', 'generator', 'penalty')}
   expected['tasks'] = expected['tasks'][:1]
   saved = {**saved, 'tasks': saved['tasks'][:1]}
   _check_fingerprint(saved, expected, f'the task-0 model in {source}')
@@ -460,13 +511,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if jax.process_index() == 0 else metric_writers.MultiWriter([]))
   checkpoints = Checkpoints(workdir / 'checkpoints')
 
-  results, previous, start = new_results(experiment), None, 0
+  results, previous, method_state, start = new_results(experiment), None, None, 0
   last = checkpoints.last_task()
   if last is not None:
     meta = checkpoints.task_meta(last)
     _check_fingerprint(meta['fingerprint'], experiment.fingerprint(), f'workdir {workdir}')
     previous, meta = checkpoints.restore_task(
         last, _variables_like(experiment, experiment.tasks[last].num_seen))
+    if experiment.method.importance:
+      method_state = checkpoints.restore_method_state(
+          last, _method_state_like(experiment, experiment.tasks[last]))
     results, start = meta['results'], last + 1
     logging.info('Resuming after task %d from %s', last, workdir)
 
@@ -484,17 +538,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       seconds, throughput = {'classifier': 0.0}, {}
     else:
       previous, seconds, throughput = learn_task(experiment, task, previous, outputs,
-                                                 int(offsets[task.index]))
+                                                 int(offsets[task.index]), method_state)
     eval_start = time.time()
     metrics = evaluate(experiment, task, previous)
     seconds['eval'] = time.time() - eval_start
+    if experiment.method.importance:
+      start_time = time.time()
+      method_state = consolidate(experiment, task, previous, method_state)
+      seconds['importance'] = time.time() - start_time
     record_task(results, experiment, metrics, seconds, throughput)
     writer.write_scalars(int(offsets[task.index + 1]), {
         'eval/accuracy': metrics['accuracy'], 'eval/new_accuracy': metrics['new_accuracy'],
         **({'eval/old_accuracy': metrics['old_accuracy']} if task.num_old else {})})
     writer.flush()
     checkpoints.save_task(task.index, previous,
-                          {'results': results, 'fingerprint': experiment.fingerprint()})
+                          {'results': results, 'fingerprint': experiment.fingerprint()},
+                          method_state)
     report.write_json(workdir / 'results.json', results)
     report.write_atomic(workdir / 'report.md', report.results_markdown(results))
     logging.info('After task %d: accuracy %.2f%% (old %s, new %.2f%%) per task %s', task.index,

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from mfgr_jax import classifier, inversion, parallel
+from mfgr_jax import classifier, consolidation, inversion, parallel
 from mfgr_jax.methods import get_method
 from mfgr_jax.models.generator import Generator
 from mfgr_jax.models.resnet import resnet
@@ -49,7 +49,7 @@ def main():
   state = parallel.replicate(classifier.init_train_state(model_vars['params'],
                                                          model_vars['batch_stats'], tx))
   for i in range(2):
-    state, metrics = lwf_step(state, teacher_vars, batch)
+    state, metrics = lwf_step(state, teacher_vars, batch, None)
     out[f'lwf_metrics_{i}'] = {k: float(v) for k, v in metrics.items()}
   out['lwf_state'] = _fingerprint(state)
 
@@ -80,6 +80,15 @@ def main():
                                    jax.random.PRNGKey(5))
       out[f'replay{int(single_pass)}_metrics_{i}'] = {k: float(v) for k, v in metrics.items()}
     out[f'replay{int(single_pass)}_state'] = _fingerprint(state)
+
+  # EWC's per-example Fisher, summed over the global batch (padding weight 0 on the last 3).
+  importance_step = consolidation.make_importance_step(
+      model, get_method('ewc').importance.make_score(task, None), jnp.square, (0.5,), (0.25,))
+  weights = (np.arange(16) < 13).astype(np.float32)
+  fisher = importance_step(parallel.replicate(model_vars), batch['image'], parallel.shard(weights))
+  out['importance_metrics_0'] = {'sum': float(sum(np.sum(x) for x in jax.tree.leaves(fisher)))}
+  out['importance_metrics_1'] = {'max': float(max(np.max(x) for x in jax.tree.leaves(fisher)))}
+  out['importance_state'] = _fingerprint(fisher)
   print(json.dumps(out))
 
 

@@ -51,7 +51,7 @@ def test_train_step_learns_and_updates_batch_stats():
            'aug_key': np.asarray(jax.random.split(jax.random.PRNGKey(1), 24))}
   losses = []
   for _ in range(10):
-    state, metrics = step(state, None, batch)
+    state, metrics = step(state, None, batch, None)
     losses.append(float(metrics['loss']))
   assert losses[-1] < 0.5 * losses[0]
   assert int(state.step) == 10

@@ -107,9 +107,13 @@ def test_resuming_with_another_config_is_refused(smoke_config, lwf_run, tmp_path
     ('--config.train.epochs=abc', 'flag --config.train.epochs=abc'),
     ('--bogus=1', "Unknown command line flag 'bogus'"),
     ('--config=configs/nope.py', 'config file configs/nope.py not found'),
+    ('--config=configs/cifar100_5phase.py:res64', 'unknown config option'),
+    ('--config.method=mas --config.mas.output_norm=l3', 'mas.output_norm must be'),
+    ('--config.method=ewc --config.ewc.accumulate=max', "accumulate must be 'average' or 'sum'"),
+    ('--config.method=mfgr --config.generator.architecture=gan', 'unknown generator architecture'),
 ])
 def test_bad_input_is_one_line_without_traceback(tmp_path, override, message):
-  proc = run_main(f'--config={SMOKE}', f'--workdir={tmp_path}', override, timeout=120)
+  proc = run_main(f'--config={SMOKE}', f'--workdir={tmp_path}', *override.split(), timeout=120)
   assert proc.returncode == 2
   errors = [l for l in proc.stderr.splitlines() if l.startswith('mfgr_jax: error:')]
   assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]

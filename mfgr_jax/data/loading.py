@@ -258,14 +258,14 @@ def subsample_per_class(dataset: Dataset, max_train: int, max_test: int,
   The subsets are seeded by `seed` only, not by the run's seed, so runs with
   different seeds see the same images.
   """
-  def keep(labels: np.ndarray, limit: int, stream: int) -> np.ndarray:
+  def keep(labels: np.ndarray, limit: int, rng: np.random.RandomState) -> np.ndarray:
     if not limit:
       return np.arange(len(labels))
-    rng = np.random.RandomState([seed, stream])
     return np.sort(np.concatenate([np.zeros((0,), np.int64)] + [
         rng.permutation(np.flatnonzero(labels == c))[:limit] for c in np.unique(labels)]))
 
-  train, test = keep(dataset.train_labels, max_train, 0), keep(dataset.test_labels, max_test, 1)
+  train = keep(dataset.train_labels, max_train, np.random.RandomState(seed))
+  test = keep(dataset.test_labels, max_test, np.random.RandomState([seed, 1]))
   return dataclasses.replace(
       dataset, train_images=dataset.train_images[train], train_labels=dataset.train_labels[train],
       test_images=dataset.test_images[test], test_labels=dataset.test_labels[test])

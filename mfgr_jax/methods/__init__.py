@@ -26,6 +26,15 @@ ReplayLoss = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array],
 
 
 @dataclasses.dataclass(frozen=True)
+class Importance:
+  """How a quadratic-penalty method (EWC, MAS) measures parameter importance
+  after a task (`consolidation.py`): per example, `reduce` of the gradient of
+  `make_score(task, config)(logits over the seen classes)`."""
+  make_score: Callable[[Task, ml_collections.ConfigDict], Callable[[jax.Array], jax.Array]]
+  reduce: Callable[[jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
   name: str
   # Whether the frozen previous model runs on each batch (distillation).
@@ -40,12 +49,16 @@ class Method:
   generator_terms: tuple[str, ...] = ()
   # The config section passed to `make_loss` ('' = none).
   config_section: str = ''
+  # Methods with an importance-weighted penalty on the backbone (EWC, MAS):
+  # how importance is measured; its weight and merging are in the config section.
+  importance: Importance | None = None
 
 
 def get_method(name: str) -> Method:
   # Imported here so that method modules can import this one for `Method`.
-  from mfgr_jax.methods import finetune, lwf, mfgr, oracle  # pylint: disable=g-import-not-at-top
-  registry = {m.name: m for module in (finetune, lwf, mfgr, oracle) for m in module.METHODS}
+  from mfgr_jax.methods import ewc, finetune, lwf, mas, mfgr, oracle  # pylint: disable=g-import-not-at-top
+  registry = {m.name: m for module in (ewc, finetune, lwf, mas, mfgr, oracle)
+              for m in module.METHODS}
   if name not in registry:
     raise UserError(f'unknown method {name!r}; choose one of {", ".join(sorted(registry))} '
                     '(--config.method=...)')

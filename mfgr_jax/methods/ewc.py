@@ -1,0 +1,39 @@
+"""EWC (Kirkpatrick et al. 2017) as FACIL runs it, single-head (spec §8.4).
+
+L = CE over the new-class logits + weight/2 * sum_i F_i (theta_i - theta*_i)^2.
+F is the diagonal Fisher at the model's own prediction y^ (FACIL's
+`max_pred`): the mean over the finished task's training images of
+(d log p(y^|x) / d theta)^2, one gradient per image; merged across tasks as
+`ewc.accumulate` says; backbone only. FACIL's weight is 5000.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mfgr_jax import losses
+from mfgr_jax.methods import ClassifierLoss, Importance, Method
+from mfgr_jax.scenario import Task
+
+
+def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
+  """Cut CE; the penalty is added by the train step (`consolidation.make_penalty`)."""
+  del config
+
+  def loss(logits, labels, teacher_logits):
+    del teacher_logits
+    ce = losses.cut_cross_entropy(logits, labels, task.num_old)
+    return ce, {'ce': ce}
+
+  return loss
+
+
+def log_likelihood_of_prediction(logits: jax.Array) -> jax.Array:
+  """log p(y^ | x) at the argmax y^ of one example's logits."""
+  return jax.nn.log_softmax(logits)[jnp.argmax(jax.lax.stop_gradient(logits))]
+
+
+METHODS = (Method('ewc', uses_teacher=False, trains_on_all_seen=False, make_loss=make_loss,
+                  config_section='ewc',
+                  importance=Importance(lambda task, config: log_likelihood_of_prediction,
+                                        jnp.square)),)
