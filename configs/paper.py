@@ -48,6 +48,8 @@ def _common(method: str = 'mfgr') -> ml_collections.ConfigDict:
   config.generator.batch_size = 512
   config.generator.diversity_pairs = 200
   config.replay.generated_batch_size = 512
+  # MAS as MUC runs it, which the paper's MAS rows follow (spec §8.3).
+  config.mas.update(dict(output_norm='muc', weight=0.02, accumulate='sum'))
   config.log_every_steps = 100
   config.generator.log_every_steps = 500
   config.checkpoint_every_steps = 1000

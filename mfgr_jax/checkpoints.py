@@ -39,6 +39,7 @@ class Checkpoints:
     self._tasks.save(task, args=ocp.args.Composite(**items))
 
   def restore_method_state(self, task: int, target: Any) -> Any:
+    """The method state saved with `task`, shaped like `target` (None: as saved)."""
     return self._tasks.restore(task, args=ocp.args.Composite(
         **{METHOD_STATE: ocp.args.StandardRestore(target)}))[METHOD_STATE]
 

@@ -57,6 +57,14 @@ def make_importance_step(model: nn.Module, score: Score, reduce: Callable[[jax.A
       out_specs=parallel.REPLICATED)
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for settings a run would only trip over after its first task."""
+  if config.importance_batch_size <= 0:
+    raise ValueError(f'importance_batch_size must be positive, got {config.importance_batch_size}')
+  if config.accumulate not in ('average', 'sum'):
+    raise ValueError(f"accumulate must be 'average' or 'sum', got {config.accumulate!r}")
+
+
 def merge(previous: Any | None, new: Any, accumulate: str) -> Any:
   """Ω after a task: 'average' = (Ω_old + Ω_new)/2 (FACIL), 'sum' = Ω_old + Ω_new (MUC's intent)."""
   if accumulate not in ('average', 'sum'):

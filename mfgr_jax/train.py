@@ -111,6 +111,10 @@ class Experiment:
 
 def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Experiment:
   method = get_method(config.method)
+  try:
+    resnet(config.model.depth, 1, config.model.width, config.model.stem)
+  except ValueError as e:
+    raise UserError(f'model: {e}; fix --config.model.*') from None
   parallel.check_divisible(config.train.batch_size, 'train.batch_size')
   parallel.check_divisible(config.eval_batch_size, 'eval_batch_size')
   if method.generator_terms:
@@ -120,8 +124,8 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
     parallel.check_divisible(section.importance_batch_size,
                              f'{method.config_section}.importance_batch_size')
     try:
-      consolidation.merge({}, {}, section.accumulate)
-      method.importance.make_score(None, section)
+      consolidation.check_config(section)
+      method.importance.make_score(Task(0, (0,), 0, 1), section)
     except ValueError as e:
       raise UserError(f'{method.config_section}: {e}; fix --config.{method.config_section}.*') from None
   # An explicit class order may name a subset: only those classes are loaded.
@@ -358,7 +362,7 @@ def learn_task(experiment: Experiment, task: Task, previous: dict | None,
     penalty = (consolidation.make_penalty(config[method.config_section])
                if method.importance and method_state is not None else None)
     train_step = classifier.make_train_step(model, tx, loss, augment_kwargs, teacher, penalty)
-    penalty_state = parallel.replicate(method_state) if penalty else None
+    penalty_state = parallel.replicate(method_state) if penalty is not None else None
     step_fn = lambda state, step: train_step(state, teacher_vars, parallel.shard(sampler(step)),
                                              penalty_state)
     payload = lambda state: {'classifier': state}
@@ -393,8 +397,8 @@ def consolidate(experiment: Experiment, task: Task, variables: dict, previous: d
     total = summed if total is None else jax.tree.map(jnp.add, total, summed)
   importance = jax.tree.map(lambda x: x / len(indices), parallel.to_host(total))
   return {'anchor': consolidation.backbone(variables['params']),
-          'importance': consolidation.merge(previous and previous['importance'], importance,
-                                            config.accumulate)}
+          'importance': consolidation.merge(None if previous is None else previous['importance'],
+                                            importance, config.accumulate)}
 
 
 def _method_state_like(experiment: Experiment, task: Task) -> dict:
@@ -404,7 +408,7 @@ def _method_state_like(experiment: Experiment, task: Task) -> dict:
 
 def evaluate(experiment: Experiment, task: Task, variables: dict) -> dict:
   """Predicts every test image of the seen classes; returns the task's metrics."""
-  seen = np.flatnonzero(experiment.test_targets < task.num_seen)
+  seen = np.flatnonzero((experiment.test_targets >= 0) & (experiment.test_targets < task.num_seen))
   labels = experiment.test_targets[seen]
   batch_size = experiment.config.eval_batch_size
   predict = classifier.make_predict_step(experiment.model(task.num_seen),

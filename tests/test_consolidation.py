@@ -64,6 +64,21 @@ def test_mas_importance_is_the_mean_absolute_gradient_of_the_output_norm(norm):
   np.testing.assert_allclose(omega, np.mean(np.abs(grads), 0), rtol=1e-5)
 
 
+def test_mas_muc_score_uses_only_the_current_task_logits():
+  # With Task(num_old=1) the score is mean((z)^2) over the one new logit: gradient 2 z x.
+  x = _images().reshape(5, 2).astype(np.float64)
+  z = x @ np.asarray([0.7, -1.3])
+  importance = get_method('mas').importance
+  step = consolidation.make_importance_step(
+      Logistic(), importance.make_score(Task(1, (1,), 1, 2),
+                                        ml_collections.ConfigDict(dict(output_norm='muc'))),
+      importance.reduce, (0.0,), (1 / 255,))
+  variables = {'params': {'w': jnp.asarray([0.7, -1.3])}, 'batch_stats': {}}
+  omega = np.asarray(step(variables, parallel.shard(_images()),
+                          parallel.shard(np.ones(5, np.float32)))['w']) / 5
+  np.testing.assert_allclose(omega, np.mean(np.abs(2 * z[:, None] * x), 0), rtol=1e-5)
+
+
 def test_padding_with_zero_weight_changes_nothing():
   importance = get_method('ewc').importance
   step = consolidation.make_importance_step(

@@ -110,6 +110,8 @@ def test_resuming_with_another_config_is_refused(smoke_config, lwf_run, tmp_path
     ('--config=configs/cifar100_5phase.py:res64', 'unknown config option'),
     ('--config.method=mas --config.mas.output_norm=l3', 'mas.output_norm must be'),
     ('--config.method=ewc --config.ewc.accumulate=max', "accumulate must be 'average' or 'sum'"),
+    ('--config.method=mas --config.mas.importance_batch_size=0', 'must be positive'),
+    ('--config.model.stem=foo', "stem must be 'cifar' or 'imagenet'"),
     ('--config.method=mfgr --config.generator.architecture=gan', 'unknown generator architecture'),
 ])
 def test_bad_input_is_one_line_without_traceback(tmp_path, override, message):

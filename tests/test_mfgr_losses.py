@@ -195,11 +195,16 @@ def test_pyramid_generator_256_resized_to_224():
 
 
 def test_generator_resize_is_half_pixel_bilinear_without_antialiasing():
-  # PyTorch's F.interpolate(bilinear, align_corners=False) from 4 to 2 pixels samples at
-  # input coordinates 0.5 and 2.5: the means of neighbouring pairs.
-  x = jnp.arange(4.0).reshape(1, 1, 4, 1) * jnp.ones((1, 4, 1, 1))
-  y = jax.image.resize(x, (1, 2, 2, 1), 'bilinear', antialias=False)
-  np.testing.assert_allclose(np.asarray(y)[0, 0, :, 0], [0.5, 2.5])
+  # PyTorch's F.interpolate(bilinear, align_corners=False) halving a side samples at input
+  # coordinates 0.5, 2.5, ...: each output pixel is the mean of a 2x2 block (antialiasing
+  # would blur wider).
+  full = Generator(16, 1, latent_dim=8, hidden=8)
+  halved = Generator(16, 1, latent_dim=8, hidden=8, output_size=8)
+  params = full.init(jax.random.PRNGKey(0), jnp.zeros((2, 8)))
+  z = jax.random.normal(jax.random.PRNGKey(1), (4, 8))
+  big, small = full.apply(params, z), halved.apply(params, z)
+  blocks = np.asarray(big).reshape(4, 8, 2, 8, 2, 1).mean((2, 4))
+  np.testing.assert_allclose(np.asarray(small), blocks, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('architecture,size', [('dafl', 30), ('pyramid', 48), ('pyramid', 4),

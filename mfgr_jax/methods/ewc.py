@@ -1,10 +1,12 @@
-"""EWC (Kirkpatrick et al. 2017) as FACIL runs it, single-head (spec §8.4).
+"""EWC (Kirkpatrick et al. 2017) with FACIL's choices, single-head (spec §8.4).
 
 L = CE over the new-class logits + weight/2 * sum_i F_i (theta_i - theta*_i)^2.
 F is the diagonal Fisher at the model's own prediction y^ (FACIL's
 `max_pred`): the mean over the finished task's training images of
 (d log p(y^|x) / d theta)^2, one gradient per image; merged across tasks as
-`ewc.accumulate` says; backbone only. FACIL's weight is 5000.
+`ewc.accumulate` says; backbone only. FACIL's weight is 5000. Unlike FACIL, the
+gradients are per image (FACIL squares batch-mean gradients) and the model is in
+eval mode (FACIL's is in train mode), so the Fisher is that of the model evaluated.
 """
 
 import jax
