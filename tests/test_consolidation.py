@@ -12,7 +12,10 @@ from mfgr_jax import consolidation, losses, parallel, train
 from mfgr_jax.methods import get_method
 from mfgr_jax.scenario import Task
 
-from conftest import comparable
+from conftest import SMOKE, comparable, kill_9_after_checkpoint, load_results, run_main
+
+# The smoke model is tiny, so its importance is large: FACIL's 5000 would diverge at lr 0.1.
+EWC_ARGS = ('--config.method=ewc', '--config.ewc.weight=10', '--config.ewc.importance_batch_size=32')
 
 
 class Logistic(nn.Module):
@@ -141,3 +144,18 @@ def test_penalty_keeps_the_backbone_closer_to_the_old_model(smoke_config, tmp_pa
     distances[weight] = sum(float(jnp.sum((a - b)**2)) for a, b in zip(
         jax.tree.leaves(state['anchor']), jax.tree.leaves(first['anchor'])))
   assert distances[5.0] < 0.5 * distances[0.0]
+
+
+def test_kill_9_mid_task_then_rerun_keeps_the_penalty_state(tmp_path, smoke_config):
+  smoke_config.method = 'ewc'
+  smoke_config.ewc.weight = 10.0
+  smoke_config.ewc.importance_batch_size = 32
+  uninterrupted = train.run(smoke_config, str(tmp_path / 'whole'))
+  # Tasks have 18 steps; kill at a periodic checkpoint inside task 2, which trains with
+  # the importance of tasks 0 and 1 restored from the checkpoint of task 1.
+  workdir = tmp_path / 'killed'
+  kill_9_after_checkpoint(workdir, 37, 53, f'--config={SMOKE}', *EWC_ARGS)
+  rerun = run_main(f'--config={SMOKE}', f'--workdir={workdir}', *EWC_ARGS)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert 'Resuming task 2 at step' in rerun.stderr
+  assert comparable(load_results(workdir)) == comparable(uninterrupted)
