@@ -52,6 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Knowledge distillation of lwf and the generator methods: soft-target CE at
   # this temperature, without Hinton's T^2 factor unless asked (the code has none).
   config.distillation = ml_collections.ConfigDict(dict(temperature=2.0, scale_by_t_squared=False))
+  # LwM: LwF + attention_weight * L1 distance of normalised Grad-CAM maps (gamma; FACIL: 1).
+  config.lwm = ml_collections.ConfigDict(dict(attention_weight=1.0))
 
   # Quadratic penalties on the backbone (consolidation.py): weight/2 * sum Omega
   # (theta - theta*)^2; Omega merged over tasks by 'average' (FACIL) or 'sum'.

@@ -6,7 +6,7 @@ update equals the single-device update on the same global batch.
 """
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -18,6 +18,7 @@ import optax
 from mfgr_jax import parallel
 from mfgr_jax.data.augment import augment, normalize
 from mfgr_jax.methods import ClassifierLoss, ReplayLoss
+from mfgr_jax.models.resnet import Forward, classify
 
 
 @flax.struct.dataclass
@@ -55,19 +56,19 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn:
   def step(state: TrainState, teacher_vars: Any, batch: dict,
            penalty_state: Any) -> tuple[TrainState, dict]:
     images = augment(batch['image'], batch['aug_key'], **augment_kwargs)
-    teacher_logits = None
+    teacher_out = None
     if teacher is not None:
-      teacher_logits, _ = teacher.apply(jax.lax.stop_gradient(teacher_vars), images, train=False)
+      teacher_out, _ = classify(teacher, jax.lax.stop_gradient(teacher_vars), images, train=False)
 
     def loss_and_stats(params):
-      (logits, _), updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
-                                         images, train=True, mutable=['batch_stats'])
-      loss, metrics = loss_fn(logits, batch['label'], teacher_logits)
+      out, batch_stats = classify(model, {'params': params, 'batch_stats': state.batch_stats},
+                                  images, train=True)
+      loss, metrics = loss_fn(out, batch['label'], teacher_out)
       if penalty is not None:
         metrics = {**metrics, 'penalty': penalty(params, penalty_state)}
         loss = loss + metrics['penalty']
-      accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-      return loss, (updates['batch_stats'], {**metrics, 'loss': loss, 'train_accuracy': accuracy})
+      accuracy = jnp.mean(jnp.argmax(out.logits, -1) == batch['label'])
+      return loss, (batch_stats, {**metrics, 'loss': loss, 'train_accuracy': accuracy})
 
     return _apply_gradients(state, tx, loss_and_stats)
 
@@ -92,39 +93,64 @@ def _apply_gradients(state: TrainState, tx: optax.GradientTransformation,
   return new_state, metrics
 
 
-def make_replay_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn: ReplayLoss,
-                     augment_kwargs: dict, teacher: nn.Module, generator: nn.Module,
-                     generated_batch_size: int, single_pass: bool = False) -> Callable:
-  """Stage II: returns `step(state, teacher_vars, generator_params, batch, key)`, jitted.
+class ReplaySource(NamedTuple):
+  """Where stage II's replayed images come from, as two pure functions.
 
-  Each step draws `generated_batch_size` images from the generator (batch
-  statistics, no gradient) with noise from `fold_in(key, state.step)`; the
-  frozen teacher labels them and the real batch in eval mode. The classifier
-  sees the generated batch, then the real batch, in two train-mode passes whose
-  BatchNorm running statistics are threaded (as the code), or, with
-  `single_pass`, one pass over both.
+  `draw(key)` makes a step's global inputs (sharded along the batch: generator
+  noise, or indices into a synthesised pool); `render(source, inputs)` turns a
+  device's share of them into images, given the source's arrays (generator
+  parameters or the pool), which the step receives replicated.
+  """
+  draw: Callable[[jax.Array], jax.Array]
+  render: Callable[[Any, jax.Array], jax.Array]
+
+
+def generator_source(generator: nn.Module, batch_size: int) -> ReplaySource:
+  """`batch_size` fresh samples per step (batch-statistics BN) from the generator's parameters."""
+  return ReplaySource(
+      draw=lambda key: parallel.sharded_normal(key, (batch_size, generator.latent_dim)),
+      render=lambda params, z: generator.apply({'params': params}, z))
+
+
+def pool_source(pool_size: int, batch_size: int) -> ReplaySource:
+  """`batch_size` images per step drawn uniformly, with replacement, from a fixed pool."""
+  return ReplaySource(
+      draw=lambda key: parallel.sharded(jax.random.randint(key, (batch_size,), 0, pool_size)),
+      render=lambda pool, indices: pool[indices])
+
+
+def make_replay_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn: ReplayLoss,
+                     augment_kwargs: dict, teacher: nn.Module, source: ReplaySource,
+                     single_pass: bool = False) -> Callable:
+  """Stage II: returns `step(state, teacher_vars, source_arrays, batch, key)`, jitted.
+
+  Each step draws replayed images from `source` (no gradient) with the inputs
+  `source.draw(fold_in(key, state.step))`; the frozen teacher labels them and
+  the real batch in eval mode. The classifier sees the replayed batch, then the
+  real batch, in two train-mode passes whose BatchNorm running statistics are
+  threaded (as the code), or, with `single_pass`, one pass over both.
   """
 
-  def per_device(state, teacher_vars, generator_params, batch, z):
+  def per_device(state, teacher_vars, source_arrays, batch, inputs):
     images = augment(batch['image'], batch['aug_key'], **augment_kwargs)
-    generated = jax.lax.stop_gradient(generator.apply({'params': generator_params}, z))
+    generated = jax.lax.stop_gradient(source.render(source_arrays, inputs))
     teacher_vars = jax.lax.stop_gradient(teacher_vars)
-    teacher_real, _ = teacher.apply(teacher_vars, images, train=False)
-    teacher_generated, _ = teacher.apply(teacher_vars, generated, train=False)
+    teacher_real, _ = classify(teacher, teacher_vars, images, train=False)
+    teacher_generated, _ = classify(teacher, teacher_vars, generated, train=False)
 
     def loss_and_stats(params):
-      forward = lambda x, stats: model.apply({'params': params, 'batch_stats': stats}, x,
-                                             train=True, mutable=['batch_stats'])
+      forward = lambda x, stats: classify(model, {'params': params, 'batch_stats': stats}, x,
+                                          train=True)
       if single_pass:
-        (logits, _), updates = forward(jnp.concatenate([generated, images]), state.batch_stats)
-        generated_logits, real_logits = jnp.split(logits, [generated.shape[0]])
+        both, batch_stats = forward(jnp.concatenate([generated, images]), state.batch_stats)
+        generated_out, real_out = _split_batch(both, len(generated))
       else:
-        (generated_logits, _), updates = forward(generated, state.batch_stats)
-        (real_logits, _), updates = forward(images, updates['batch_stats'])
-      loss, metrics = loss_fn(real_logits, batch['label'], teacher_real, generated_logits,
+        generated_out, batch_stats = forward(generated, state.batch_stats)
+        real_out, batch_stats = forward(images, batch_stats)
+      loss, metrics = loss_fn(real_out, batch['label'], teacher_real, generated_out,
                               teacher_generated)
-      accuracy = jnp.mean(jnp.argmax(real_logits, -1) == batch['label'])
-      return loss, (updates['batch_stats'], {**metrics, 'loss': loss, 'train_accuracy': accuracy})
+      accuracy = jnp.mean(jnp.argmax(real_out.logits, -1) == batch['label'])
+      return loss, (batch_stats, {**metrics, 'loss': loss, 'train_accuracy': accuracy})
 
     return _apply_gradients(state, tx, loss_and_stats)
 
@@ -134,12 +160,17 @@ def make_replay_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn
       out_specs=(parallel.REPLICATED, parallel.REPLICATED))
 
   @functools.partial(jax.jit, donate_argnums=(0,))
-  def step(state, teacher_vars, generator_params, batch, key):
-    z = parallel.sharded_normal(jax.random.fold_in(key, state.step),
-                                (generated_batch_size, generator.latent_dim))
-    return mapped(state, teacher_vars, generator_params, batch, z)
+  def step(state, teacher_vars, source_arrays, batch, key):
+    return mapped(state, teacher_vars, source_arrays, batch,
+                  source.draw(jax.random.fold_in(key, state.step)))
 
   return step
+
+
+def _split_batch(forward: Forward, size: int) -> tuple[Forward, Forward]:
+  """The outputs of the first `size` images of a batch, and of the rest."""
+  arrays = [jnp.split(x, [size]) for x in (forward.logits, forward.features, forward.feature_map)]
+  return tuple(Forward(*(parts[i] for parts in arrays), forward.params) for i in (0, 1))
 
 
 def make_predict_step(model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> Callable:

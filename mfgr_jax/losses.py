@@ -122,3 +122,16 @@ def pixel_diversity_loss(images: jax.Array, key: jax.Array, num_pairs: int = 200
   kl_pq = jnp.sum(jnp.exp(log_p) * (log_p - log_q), -1)
   kl_qp = jnp.sum(jnp.exp(log_q) * (log_q - log_p), -1)
   return -0.5 * (jnp.mean(kl_pq) + jnp.mean(kl_qp))
+
+
+def attention_distillation_loss(student_maps: jax.Array, teacher_maps: jax.Array) -> jax.Array:
+  """LwM's L_AD: batch mean of || Q_s/||Q_s||_2 - Q_t/||Q_t||_2 ||_1 over vectorised maps.
+
+  `*_maps` are (N, H, W) attention maps (Grad-CAM); the teacher's is not
+  differentiated. An all-zero map stays zero (its normalised vector is 0).
+  """
+  def normalised(maps):
+    flat = maps.reshape(maps.shape[0], -1)
+    return flat / jnp.maximum(jnp.linalg.norm(flat, axis=-1, keepdims=True), 1e-12)
+  difference = normalised(student_maps) - normalised(jax.lax.stop_gradient(teacher_maps))
+  return jnp.mean(jnp.sum(jnp.abs(difference), axis=-1))

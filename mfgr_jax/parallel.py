@@ -82,8 +82,12 @@ def sharded_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   The values do not depend on the device count (JAX's threefry is
   partitionable), so generator steps see the same noise on 1 or N devices.
   """
-  return jax.lax.with_sharding_constraint(jax.random.normal(key, shape),
-                                          NamedSharding(mesh(), SHARDED))
+  return sharded(jax.random.normal(key, shape))
+
+
+def sharded(x: jax.Array) -> jax.Array:
+  """`x` (made inside `jit`) laid out with its leading axis split across the devices."""
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh(), SHARDED))
 
 
 def pmean(tree: Any) -> Any:

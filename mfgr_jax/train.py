@@ -347,12 +347,13 @@ def learn_task(experiment: Experiment, task: Task, previous: dict | None,
 
   augment_kwargs = dict(padding=config.data.crop_padding, flip=config.data.flip,
                         mean=experiment.dataset.mean, std=experiment.dataset.std)
-  loss = method.make_loss(task, config.get(method.config_section) or ml_collections.ConfigDict())
+  loss = method.make_loss(task, config)
   sampler = BatchSampler(experiment, task)
   if uses_generator:
     replay_step = classifier.make_replay_step(
-        model, tx, loss, augment_kwargs, teacher, experiment.generator(),
-        experiment.generated_batch_size(task), config.replay.single_pass)
+        model, tx, loss, augment_kwargs, teacher,
+        classifier.generator_source(experiment.generator(), experiment.generated_batch_size(task)),
+        config.replay.single_pass)
     generator_on_devices = parallel.replicate(generator_params)
     replay_key = experiment.task_key(task, _REPLAY)
     step_fn = lambda state, step: replay_step(state, teacher_vars, generator_on_devices,

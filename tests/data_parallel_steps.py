@@ -19,7 +19,8 @@ from mfgr_jax.models.resnet import resnet
 from mfgr_jax.scenario import Task
 
 AUGMENT = dict(padding=2, flip=True, mean=(0.5,), std=(0.25,))
-DISTILLATION = ml_collections.ConfigDict(dict(temperature=2.0, scale_by_t_squared=False))
+CONFIG = ml_collections.ConfigDict(dict(
+    distillation=dict(temperature=2.0, scale_by_t_squared=False), lwm=dict(attention_weight=1.0)))
 
 
 def _fingerprint(tree):
@@ -44,14 +45,15 @@ def main():
 
   tx = classifier.make_optimizer(ml_collections.ConfigDict(
       dict(learning_rate=0.05, momentum=0.9, weight_decay=5e-4)), 20)
-  lwf_step = classifier.make_train_step(
-      model, tx, get_method('lwf').make_loss(task, DISTILLATION), AUGMENT, teacher)
-  state = parallel.replicate(classifier.init_train_state(model_vars['params'],
-                                                         model_vars['batch_stats'], tx))
-  for i in range(2):
-    state, metrics = lwf_step(state, teacher_vars, batch, None)
-    out[f'lwf_metrics_{i}'] = {k: float(v) for k, v in metrics.items()}
-  out['lwf_state'] = _fingerprint(state)
+  for method in ('lwf', 'lwm'):
+    train_step = classifier.make_train_step(
+        model, tx, get_method(method).make_loss(task, CONFIG), AUGMENT, teacher)
+    state = parallel.replicate(classifier.init_train_state(model_vars['params'],
+                                                           model_vars['batch_stats'], tx))
+    for i in range(2):
+      state, metrics = train_step(state, teacher_vars, batch, None)
+      out[f'{method}_metrics_{i}'] = {k: float(v) for k, v in metrics.items()}
+    out[f'{method}_state'] = _fingerprint(state)
 
   # Plain SGD in stage I so that a wrongly scaled gradient shows (Adam would hide it).
   generator_tx = optax.sgd(0.1)
@@ -71,8 +73,8 @@ def main():
 
   for single_pass in (False, True):
     replay_step = classifier.make_replay_step(
-        model, tx, get_method('mfgr').make_loss(task, DISTILLATION), AUGMENT, teacher, generator,
-        generated_batch_size=8, single_pass=single_pass)
+        model, tx, get_method('mfgr').make_loss(task, CONFIG), AUGMENT, teacher,
+        classifier.generator_source(generator, 8), single_pass=single_pass)
     state = parallel.replicate(classifier.init_train_state(model_vars['params'],
                                                            model_vars['batch_stats'], tx))
     for i in range(2):

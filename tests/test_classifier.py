@@ -33,7 +33,8 @@ def _task_step(method, task, num_classes):
   model = resnet(18, num_classes, width=4, bn_axis_name='batch')
   tx = classifier.make_optimizer(ml_collections.ConfigDict(
       dict(learning_rate=0.05, momentum=0.9, weight_decay=5e-4)), 20)
-  config = ml_collections.ConfigDict(dict(temperature=2.0, scale_by_t_squared=False))
+  config = ml_collections.ConfigDict(dict(
+      distillation=dict(temperature=2.0, scale_by_t_squared=False), lwm=dict(attention_weight=1.0)))
   step = classifier.make_train_step(model, tx, get_method(method).make_loss(task, config),
                                     dict(padding=2, flip=True, mean=(0.5,), std=(0.25,)))
   return model, tx, step

@@ -130,7 +130,7 @@ def test_penalty_keeps_the_backbone_closer_to_the_old_model(smoke_config, tmp_pa
   # With a penalty the backbone moves less from task 0's; with weight 0 it moves freely.
   from mfgr_jax.checkpoints import Checkpoints
   distances = {}
-  for weight in (0.0, 5.0):
+  for weight in (0.0, 20.0):
     smoke_config.method = 'mas'
     smoke_config.mas.weight = weight
     smoke_config.mas.importance_batch_size = 32
@@ -143,7 +143,7 @@ def test_penalty_keeps_the_backbone_closer_to_the_old_model(smoke_config, tmp_pa
     checkpoints.close()
     distances[weight] = sum(float(jnp.sum((a - b)**2)) for a, b in zip(
         jax.tree.leaves(state['anchor']), jax.tree.leaves(first['anchor'])))
-  assert distances[5.0] < 0.5 * distances[0.0]
+  assert distances[20.0] < 0.5 * distances[0.0]  # measured: 1.49 vs 5.45
 
 
 def test_kill_9_mid_task_then_rerun_keeps_the_penalty_state(tmp_path, smoke_config):

@@ -227,10 +227,11 @@ def test_replay_step_threads_bn_statistics_and_leaves_old_model_and_generator_al
   teacher_copy, generator_copy = parallel.to_host(teacher_vars), parallel.to_host(generator_params)
   task = Task(1, (3, 4), 3, 5)
   tx = optax.sgd(0.1)
-  distillation = ml_collections.ConfigDict(dict(temperature=2.0, scale_by_t_squared=False))
+  config = ml_collections.ConfigDict(dict(
+      distillation=dict(temperature=2.0, scale_by_t_squared=False)))
   augment = dict(padding=0, flip=False, mean=(0.5,), std=(0.25,))
-  step = classifier.make_replay_step(model, tx, get_method('mfgr').make_loss(task, distillation),
-                                     augment, teacher, generator, generated_batch_size=12)
+  step = classifier.make_replay_step(model, tx, get_method('mfgr').make_loss(task, config),
+                                     augment, teacher, classifier.generator_source(generator, 12))
   rng = np.random.default_rng(0)
   batch = {'image': rng.integers(0, 256, (8, 16, 16, 1), dtype=np.uint8),
            'label': np.array([3, 4] * 4, np.int32),

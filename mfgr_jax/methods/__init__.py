@@ -13,15 +13,17 @@ import jax
 import ml_collections
 
 from mfgr_jax.errors import UserError
+from mfgr_jax.models.resnet import Forward
 from mfgr_jax.scenario import Task
 
-# (logits over seen classes, output-index labels, teacher logits over old
-# classes or None) -> (loss, metrics). Runs inside the jitted step.
-ClassifierLoss = Callable[[jax.Array, jax.Array, jax.Array | None],
+# (the model's outputs, logits over the seen classes; output-index labels; the
+# frozen previous model's outputs on the same images, logits over the old
+# classes, or None) -> (loss, metrics). Runs inside the jitted step.
+ClassifierLoss = Callable[[Forward, jax.Array, Forward | None],
                           tuple[jax.Array, dict[str, jax.Array]]]
-# Generative replay (stage II): (logits on the real batch, labels, teacher logits
-# on it, logits on the generated batch, teacher logits on it) -> (loss, metrics).
-ReplayLoss = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array],
+# Replay (stage II): (outputs on the real batch, labels, teacher outputs on it,
+# outputs on the replayed batch, teacher outputs on it) -> (loss, metrics).
+ReplayLoss = Callable[[Forward, jax.Array, Forward, Forward, Forward],
                       tuple[jax.Array, dict[str, jax.Array]]]
 
 
@@ -41,13 +43,14 @@ class Method:
   uses_teacher: bool
   # Whether incremental tasks train on every seen class's data (oracle) or only the new ones.
   trains_on_all_seen: bool
-  # Builds the task's loss from the task and the method's config section: a
-  # ClassifierLoss, or a ReplayLoss at tasks t > 0 of methods with a generator.
+  # Builds the task's loss from the task and the run's config: a ClassifierLoss,
+  # or a ReplayLoss at tasks t > 0 of methods that replay synthesised images.
   make_loss: Callable[[Task, ml_collections.ConfigDict], ClassifierLoss | ReplayLoss]
   # Stage I loss terms (`inversion.TERMS`) of a generator trained against the
   # old model before each incremental task; () for methods without one.
   generator_terms: tuple[str, ...] = ()
-  # The config section passed to `make_loss` ('' = none).
+  # The method's own config section (its hyperparameters; part of the
+  # checkpoint fingerprint), '' if none.
   config_section: str = ''
   # Methods with an importance-weighted penalty on the backbone (EWC, MAS):
   # how importance is measured; its weight and merging are in the config section.
@@ -56,8 +59,8 @@ class Method:
 
 def get_method(name: str) -> Method:
   # Imported here so that method modules can import this one for `Method`.
-  from mfgr_jax.methods import ewc, finetune, lwf, mas, mfgr, oracle  # pylint: disable=g-import-not-at-top
-  registry = {m.name: m for module in (ewc, finetune, lwf, mas, mfgr, oracle)
+  from mfgr_jax.methods import ewc, finetune, lwf, lwm, mas, mfgr, oracle  # pylint: disable=g-import-not-at-top
+  registry = {m.name: m for module in (ewc, finetune, lwf, lwm, mas, mfgr, oracle)
               for m in module.METHODS}
   if name not in registry:
     raise UserError(f'unknown method {name!r}; choose one of {", ".join(sorted(registry))} '

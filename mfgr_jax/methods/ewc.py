@@ -22,9 +22,9 @@ def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
   """Cut CE; the penalty is added by the train step (`consolidation.make_penalty`)."""
   del config
 
-  def loss(logits, labels, teacher_logits):
-    del teacher_logits
-    ce = losses.cut_cross_entropy(logits, labels, task.num_old)
+  def loss(out, labels, teacher):
+    del teacher
+    ce = losses.cut_cross_entropy(out.logits, labels, task.num_old)
     return ce, {'ce': ce}
 
   return loss

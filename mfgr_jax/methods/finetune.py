@@ -10,9 +10,9 @@ from mfgr_jax.scenario import Task
 def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
   del task, config  # the same loss for every task
 
-  def loss(logits, labels, teacher_logits):
-    del teacher_logits
-    ce = losses.cross_entropy(logits, labels)
+  def loss(out, labels, teacher):
+    del teacher
+    ce = losses.cross_entropy(out.logits, labels)
     return ce, {'ce': ce}
 
   return loss

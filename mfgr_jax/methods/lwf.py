@@ -15,16 +15,16 @@ from mfgr_jax.scenario import Task
 def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
   weight = task.num_old / task.num_seen
 
-  def loss(logits, labels, teacher_logits):
-    ce = losses.cut_cross_entropy(logits, labels, task.num_old)
+  def loss(out, labels, teacher):
+    ce = losses.cut_cross_entropy(out.logits, labels, task.num_old)
     if not task.num_old:
       return ce, {'ce': ce}
-    kd = losses.distillation(logits[:, :task.num_old], teacher_logits, config.temperature,
-                             config.scale_by_t_squared)
+    kd = losses.distillation(out.logits[:, :task.num_old], teacher.logits,
+                             config.distillation.temperature,
+                             config.distillation.scale_by_t_squared)
     return (1.0 - weight) * ce + weight * kd, {'ce': ce, 'kd': kd}
 
   return loss
 
 
-METHODS = (Method('lwf', uses_teacher=True, trains_on_all_seen=False, make_loss=make_loss,
-                   config_section='distillation'),)
+METHODS = (Method('lwf', uses_teacher=True, trains_on_all_seen=False, make_loss=make_loss),)

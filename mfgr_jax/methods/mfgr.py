@@ -34,14 +34,15 @@ def make_loss(task: Task, config: ml_collections.ConfigDict,
   if not task.num_old:
     return lwf.make_loss(task, config)
   weight = task.num_old / task.num_seen
-  kd = functools.partial(losses.distillation, temperature=config.temperature,
-                         scale_by_t_squared=config.scale_by_t_squared)
+  kd = functools.partial(losses.distillation, temperature=config.distillation.temperature,
+                         scale_by_t_squared=config.distillation.scale_by_t_squared)
 
-  def loss(real_logits, labels, teacher_real, generated_logits, teacher_generated):
-    ce = losses.cut_cross_entropy(real_logits, labels, task.num_old)
-    metrics = {'ce': ce, 'kd_generated': kd(generated_logits[:, :task.num_old], teacher_generated)}
+  def loss(real, labels, teacher_real, generated, teacher_generated):
+    ce = losses.cut_cross_entropy(real.logits, labels, task.num_old)
+    metrics = {'ce': ce, 'kd_generated': kd(generated.logits[:, :task.num_old],
+                                            teacher_generated.logits)}
     if distill_real:
-      metrics['kd_real'] = kd(real_logits[:, :task.num_old], teacher_real)
+      metrics['kd_real'] = kd(real.logits[:, :task.num_old], teacher_real.logits)
     distilled = metrics['kd_generated'] + metrics.get('kd_real', 0.0)
     return (1.0 - weight) * ce + weight * distilled, metrics
 
@@ -51,7 +52,7 @@ def make_loss(task: Task, config: ml_collections.ConfigDict,
 def _method(name: str, terms: tuple[str, ...], distill_real: bool) -> Method:
   return Method(name, uses_teacher=True, trains_on_all_seen=False,
                 make_loss=functools.partial(make_loss, distill_real=distill_real),
-                generator_terms=terms, config_section='distillation')
+                generator_terms=terms)
 
 
 METHODS = (

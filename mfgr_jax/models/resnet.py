@@ -6,7 +6,7 @@ code's `avg_pool2d(4)`; it also serves 28x28 (last map 4x4) and 64x64 inputs.
 """
 
 import functools
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -19,6 +19,7 @@ from mfgr_jax.models.layers import InputStatsBatchNorm, Linear, torch_kernel_ini
 _PAD1 = ((1, 1), (1, 1))
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+INTERMEDIATES, FEATURE_MAP = 'intermediates', 'feature_map'
 
 
 class BasicBlock(nn.Module):
@@ -40,6 +41,10 @@ class BasicBlock(nn.Module):
                       name='shortcut_conv')(x)
       shortcut = norm(name='shortcut_bn')(shortcut, use_running_average=not train)
     return nn.relu(y + shortcut)
+
+
+def global_pool(feature_map: jax.Array) -> jax.Array:
+  return jnp.mean(feature_map, axis=(1, 2))
 
 
 class Head(nn.Module):
@@ -78,7 +83,9 @@ class ResNet(nn.Module):
         strides = 2 if stage > 0 and block == 0 else 1
         x = BasicBlock(self.width * 2**stage, strides, self.bn_axis_name,
                        name=f'stage{stage + 1}_block{block + 1}')(x, train)
-    features = jnp.mean(x, axis=(1, 2))
+    # Grad-CAM (LwM) needs the last stage's map: `classify` reads it from here.
+    self.sow(INTERMEDIATES, FEATURE_MAP, x)
+    features = global_pool(x)
     return Head(self.num_classes, name='head')(features), features
 
 
@@ -115,3 +122,26 @@ def widen_head(params: dict, num_classes: int, rng: jax.Array) -> dict:
       'bias': fresh['bias'].at[:old_classes].set(old['bias']),
   }
   return {**params, 'head': {'linear': {'dense': widened}}}
+
+
+class Forward(NamedTuple):
+  """A classifier's outputs on one batch, as a method's loss sees them."""
+  logits: jax.Array
+  features: jax.Array  # the pooled penultimate vector
+  feature_map: jax.Array  # the last stage's output (NHWC), before pooling
+  params: Any  # the parameters that made them (`logits_from_feature_map` needs the head)
+
+
+def classify(model: ResNet, variables: dict, images: jax.Array,
+             train: bool) -> tuple[Forward, dict | None]:
+  """Runs `model`; returns its `Forward` and, in train mode, the new batch statistics."""
+  mutable = [INTERMEDIATES, 'batch_stats'] if train else [INTERMEDIATES]
+  (logits, features), state = model.apply(variables, images, train=train, mutable=mutable)
+  forward = Forward(logits, features, state[INTERMEDIATES][FEATURE_MAP][0], variables['params'])
+  return forward, state.get('batch_stats')
+
+
+def logits_from_feature_map(params: dict, feature_map: jax.Array) -> jax.Array:
+  """The logits a ResNet with `params` computes from its last stage's `feature_map`."""
+  num_classes = params['head']['linear']['dense']['kernel'].shape[-1]
+  return Head(num_classes).apply({'params': params['head']}, global_pool(feature_map))
