@@ -6,6 +6,7 @@
 #
 #   launch/fashion_finegrained.sh [SEEDS...]     (default: 0 1 2)
 #   EXTRA="--config.data.data_dir=/tmp/tfds" launch/fashion_finegrained.sh
+#   METHODS="lwf lwm" OUT=docs/some_report launch/fashion_finegrained.sh   (a subset)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -13,6 +14,7 @@ ROOT=${ROOT:-workdirs/fashion_finegrained}
 METHODS=${METHODS:-finetune lwf ewc mas lwf_g_bn mfgr}
 SEEDS=${*:-0 1 2}
 CONFIG=configs/fashion_finegrained.py
+OUT=${OUT:-docs/fashion_finegrained}
 
 for seed in $SEEDS; do
   run() {  # run WORKDIR ARGS...: skipped when its results cover every task asked for
@@ -33,4 +35,4 @@ for seed in $SEEDS; do for method in $METHODS; do runs+=("$ROOT/seed$seed/$metho
   --groups "fine-grained old=0,2,4,6" --groups "easy old=1,8" --groups "new=3,5,7,9" \
   --classes 0,2,4,6,1,8 \
   --title "Fashion-MNIST, fine-grained old classes (configs/fashion_finegrained.py)" \
-  --out docs/fashion_finegrained
+  --out "$OUT"
