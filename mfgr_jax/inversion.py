@@ -1,12 +1,14 @@
-"""Stage I, knowledge recording: train a generator against the frozen old classifier.
+"""Stage I, knowledge recording: invert the frozen old classifier into images.
 
-The generator step is a pure per-device function run data-parallel (see
-`parallel.py`): each device generates its rows of the global batch, runs the
-frozen old model in eval mode with its BatchNorm layers reporting their input
-moments, and every loss term that depends on the whole batch (class balance,
-BN statistics, the signed-difference term, diversity pairs) is formed from
-cross-device means or gathered images, so the loss and the update equal the
-single-device ones on the same global batch.
+Two ways: train a generator against it (MFGR, `make_generator_step`), or
+optimise a pool of images pixel by pixel (DeepInversion, `make_pixel_step`).
+Both steps are pure per-device functions run data-parallel (see `parallel.py`):
+each device makes its rows of the global batch, runs the frozen old model in
+eval mode with its BatchNorm layers reporting their input moments, and every
+loss term that depends on the whole batch (class balance, BN statistics, the
+image priors, diversity pairs) is formed from cross-device means or gathered
+images, so the loss and the update equal the single-device ones on the same
+global batch.
 """
 
 import functools
@@ -24,9 +26,12 @@ from mfgr_jax import losses
 from mfgr_jax import parallel
 from mfgr_jax.models.layers import BN_INPUT_MOMENTS, bn_input_statistics
 
-# Stage I loss terms, by the name of their weight in `config.generator.weights`.
-TERMS = ('one_hot', 'class_balance', 'activation', 'signed_difference', 'bn_statistics',
-         'diversity')
+# Loss terms of the inverted images, by the name of their weight in the config:
+# a generator's (`generator.weights`; a method uses a subset) and DeepInversion's
+# (`deepinversion.weights`: CE to chosen classes, BN statistics, TV and L2 priors).
+GENERATOR_TERMS = ('one_hot', 'class_balance', 'activation', 'signed_difference',
+                   'bn_statistics', 'diversity')
+DEEPINVERSION_TERMS = ('target_ce', 'bn_statistics', 'total_variation', 'l2_prior')
 
 
 @flax.struct.dataclass
@@ -47,17 +52,19 @@ def init_state(generator: nn.Module, key: jax.Array,
   return GeneratorState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def generator_loss_terms(generator: nn.Module, teacher: nn.Module, params: Any, teacher_vars: Any,
-                         z: jax.Array, pair_key: jax.Array, terms: tuple[str, ...],
-                         num_pairs: int) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-  """Per-device values of the active loss terms, and diagnostics of the batch.
+def inversion_loss_terms(teacher: nn.Module, teacher_vars: Any, images: jax.Array,
+                         terms: tuple[str, ...], pair_key: jax.Array | None = None,
+                         num_pairs: int = 0, targets: jax.Array | None = None,
+                         ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """Per-device values of the active loss terms on a device's `images`, and diagnostics.
 
   Terms of the whole batch are computed from cross-device means and marked
   per-device (see `parallel.per_device`), so summing them with the local terms
   and averaging gradients over devices differentiates the global loss.
+  `pair_key`/`num_pairs` serve 'diversity', `targets` (the device's class of
+  each image) 'target_ce'.
   """
   teacher_vars = jax.lax.stop_gradient(teacher_vars)  # the old model is frozen
-  images = generator.apply({'params': params}, z)
   (logits, features), state = teacher.apply(teacher_vars, images, train=False,
                                             mutable=[BN_INPUT_MOMENTS])
   # The global batch's mean prediction, from the devices' mean predictions.
@@ -79,6 +86,13 @@ def generator_loss_terms(generator: nn.Module, teacher: nn.Module, params: Any, 
   if 'diversity' in terms:
     values['diversity'] = parallel.per_device(
         losses.pixel_diversity_loss(parallel.all_gather(images), pair_key, num_pairs))
+  if 'target_ce' in terms:
+    values['target_ce'] = losses.cross_entropy(logits, targets)
+  if 'total_variation' in terms:
+    values['total_variation'] = parallel.per_device(
+        losses.total_variation_l2_loss(parallel.all_gather(images)))
+  if 'l2_prior' in terms:
+    values['l2_prior'] = parallel.per_device(losses.l2_prior_loss(parallel.all_gather(images)))
   counts = jnp.sum(jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1]), axis=0)
   diagnostics = {
       'mean_prediction_entropy': -jnp.sum(jax.scipy.special.xlogy(mean_probs, mean_probs)),
@@ -95,15 +109,16 @@ def make_generator_step(generator: nn.Module, teacher: nn.Module, tx: optax.Grad
   weighted total, the entropy (nats) of the mean prediction and the histogram
   of the teacher's argmax classes (`class_counts`).
   """
-  unknown = set(terms) - set(TERMS)
+  unknown = set(terms) - set(GENERATOR_TERMS)
   if unknown:
     raise ValueError(f'unknown generator loss terms {sorted(unknown)}')
   weights = {t: config.weights[t] for t in terms}
 
   def per_device(state, teacher_vars, z, pair_key):
     def loss_fn(params):
-      values, diagnostics = generator_loss_terms(generator, teacher, params, teacher_vars, z,
-                                                 pair_key, terms, config.diversity_pairs)
+      images = generator.apply({'params': params}, z)
+      values, diagnostics = inversion_loss_terms(teacher, teacher_vars, images, terms, pair_key,
+                                                 config.diversity_pairs)
       total = sum(weights[t] * values[t] for t in terms)
       return total, {**values, 'loss': total, **diagnostics}
 
@@ -125,6 +140,89 @@ def make_generator_step(generator: nn.Module, teacher: nn.Module, tx: optax.Grad
     noise_key, pair_key = jax.random.split(jax.random.fold_in(key, state.step))
     z = parallel.sharded_normal(noise_key, (config.batch_size, generator.latent_dim))
     return mapped(state, teacher_vars, z, pair_key)
+
+  return step
+
+
+@flax.struct.dataclass
+class PixelState:
+  """DeepInversion: the batch being optimised, its Adam state, and the finished pool."""
+  step: jax.Array
+  pixels: jax.Array  # (batch_size, H, W, C), in the classifier's normalised input space
+  opt_state: Any
+  pool: jax.Array  # (batches * batch_size, H, W, C); batch b is filled when it finishes
+
+
+def jitter(images: jax.Array, key: jax.Array, max_shift: int, flip: bool) -> jax.Array:
+  """DeepInversion's augmentation, one draw for the whole batch: a cyclic shift
+  by up to `max_shift` pixels along each axis, then a horizontal flip with probability 1/2."""
+  shift_key, flip_key = jax.random.split(key)
+  shifts = jax.random.randint(shift_key, (2,), -max_shift, max_shift + 1)
+  images = jnp.roll(images, (shifts[0], shifts[1]), axis=(1, 2))
+  if not flip:
+    return images
+  return jnp.where(jax.random.bernoulli(flip_key), images[:, :, ::-1], images)
+
+
+def init_pixel_state(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
+                     tx: optax.GradientTransformation) -> PixelState:
+  pixels = jnp.zeros((config.batch_size,) + tuple(image_shape), jnp.float32)
+  return PixelState(step=jnp.zeros((), jnp.int32), pixels=pixels, opt_state=tx.init(pixels),
+                    pool=jnp.zeros((config.batches * config.batch_size,) + tuple(image_shape)))
+
+
+def make_pixel_step(teacher: nn.Module, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict, num_classes: int) -> Callable:
+  """DeepInversion: returns `step(state, teacher_vars, key) -> (state, metrics)`, jitted.
+
+  Step s optimises batch b = s // iterations of the pool: at its first
+  iteration the pixels start from N(0, 1) noise of `fold_in(key, b)` with a
+  fresh Adam state; every iteration takes one Adam step on the DeepInversion
+  loss of the jittered batch, whose targets cycle through the old classes
+  (class-balanced); at its last the batch is written into the pool.
+  """
+  weights = {t: config.weights[t] for t in DEEPINVERSION_TERMS}
+
+  def per_device(pixels, opt_state, teacher_vars, targets, jitter_key):
+    def loss_fn(pixels):
+      images = jitter(pixels, jitter_key, config.jitter, config.flip)
+      values, diagnostics = inversion_loss_terms(teacher, teacher_vars, images,
+                                                 DEEPINVERSION_TERMS, targets=targets)
+      total = sum(weights[t] * values[t] for t in DEEPINVERSION_TERMS)
+      return total, {**values, 'loss': total, **diagnostics}
+
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(pixels)
+    # Each device owns its rows, so no gradient averaging; differentiating the
+    # per-device loss (see `parallel.per_device`) gives `devices` times the
+    # global loss's gradient w.r.t. the device's pixels.
+    grads = grads / jax.lax.psum(1, parallel.AXIS)
+    updates, opt_state = tx.update(grads, opt_state, pixels)
+    return optax.apply_updates(pixels, updates), opt_state, parallel.pmean(metrics)
+
+  example_opt_state = tx.init(jnp.zeros((config.batch_size, 1)))
+  opt_specs = jax.tree.map(lambda x: parallel.SHARDED if x.ndim else parallel.REPLICATED,
+                           example_opt_state)
+  mapped = parallel.data_parallel(
+      per_device, in_specs=(parallel.SHARDED, opt_specs, parallel.REPLICATED, parallel.SHARDED,
+                            parallel.REPLICATED),
+      out_specs=(parallel.SHARDED, opt_specs, parallel.REPLICATED))
+  targets = jnp.arange(config.batch_size) % num_classes
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def step(state, teacher_vars, key):
+    batch, iteration = jnp.divmod(state.step, config.iterations)
+    start = iteration == 0
+    fresh = parallel.sharded_normal(jax.random.fold_in(key, batch), state.pixels.shape)
+    pixels = jnp.where(start, fresh, state.pixels)
+    opt_state = jax.tree.map(lambda new, old: jnp.where(start, new, old), tx.init(pixels),
+                             state.opt_state)
+    pixels, opt_state, metrics = mapped(
+        pixels, opt_state, teacher_vars, parallel.sharded(targets),
+        jax.random.fold_in(jax.random.fold_in(key, batch), iteration + 1))
+    written = jax.lax.dynamic_update_slice_in_dim(state.pool, pixels,
+                                                  batch * config.batch_size, axis=0)
+    pool = jnp.where(iteration == config.iterations - 1, written, state.pool)
+    return PixelState(step=state.step + 1, pixels=pixels, opt_state=opt_state, pool=pool), metrics
 
   return step
 

@@ -102,6 +102,19 @@ def bn_statistics_loss(layers: list[dict[str, jax.Array]]) -> jax.Array:
       _safe_norm(layer['mean'] - layer['running_mean']) for layer in layers]))
 
 
+def total_variation_l2_loss(images: jax.Array) -> jax.Array:
+  """DeepInversion's TV prior: the sum over 4 neighbour directions of the L2 norm
+  of the whole batch's differences (NHWC; not a batch mean, as DeepInversion)."""
+  differences = (images[:, :, :-1] - images[:, :, 1:], images[:, :-1] - images[:, 1:],
+                 images[:, 1:, :-1] - images[:, :-1, 1:], images[:, :-1, :-1] - images[:, 1:, 1:])
+  return sum(_safe_norm(d) for d in differences)
+
+
+def l2_prior_loss(images: jax.Array) -> jax.Array:
+  """DeepInversion's image prior: the L2 norm of the whole batch."""
+  return _safe_norm(images)
+
+
 def pixel_diversity_loss(images: jax.Array, key: jax.Array, num_pairs: int = 200) -> jax.Array:
   """Minus the symmetric KL between pixel-softmaxes of random pairs of images.
 

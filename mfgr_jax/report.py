@@ -56,7 +56,7 @@ def results_markdown(results: dict) -> str:
       '',
       f"Class order: {', '.join(map(str, results['class_order']))}",
       '',
-      '| task | classes | accuracy (%) | old (%) | new (%) | generator s | classifier s | '
+      '| task | classes | accuracy (%) | old (%) | new (%) | stage I s | classifier s | '
       'classifier img/s |',
       '|---|---|---|---|---|---|---|---|',
   ]
@@ -65,7 +65,7 @@ def results_markdown(results: dict) -> str:
     lines.append(
         f"| {t} | {len(classes)} | {_fmt(results['accuracy'][t])} | "
         f"{_fmt(results['old_accuracy'][t])} | {_fmt(results['new_accuracy'][t])} | "
-        f"{_fmt(seconds.get('generator'))} | {_fmt(seconds['classifier'])} | "
+        f"{_fmt(stage_one_seconds(seconds))} | {_fmt(seconds['classifier'])} | "
         f"{_fmt(results['throughput'][t].get('train_images_per_second'))} |")
   lines += ['', 'Accuracy matrix (row: after task t; column: task j):', '',
             '| after \\ on | ' + ' | '.join(str(j) for j in range(len(results['accuracy']))) + ' |',
@@ -199,12 +199,18 @@ def accuracy_table(runs: Runs, reference: str | None) -> list[str]:
   return _table(header, rows)
 
 
+def stage_one_seconds(seconds: dict) -> float | None:
+  """Seconds of a task's stage I: generator training or DeepInversion's synthesis."""
+  stages = [seconds[k] for k in ('generator', 'synthesis') if k in seconds]
+  return sum(stages) if stages else None
+
+
 def _last_task(results: dict, groups: dict[str, list[int]]) -> dict[str, float | None]:
   """One finished run's numbers after its last task, and its stage times."""
   seconds = results['seconds'][1:]  # task 0 trains the same way for every method
   summary = {'old': results['old_accuracy'][-1], 'new': results['new_accuracy'][-1]}
   summary.update({name: group_accuracy(results, labels) for name, labels in groups.items()})
-  summary['generator s'] = sum(s.get('generator', 0.0) for s in seconds) or None
+  summary['stage I s'] = sum(stage_one_seconds(s) or 0.0 for s in seconds) or None
   # results.json from before the generator existed call the classifier stage 'train'.
   summary['classifier s'] = sum(s.get('classifier', s.get('train', 0.0)) for s in seconds) or None
   return summary
@@ -216,7 +222,7 @@ def last_task_table(runs: Runs, groups: dict[str, list[int]]) -> list[str]:
   groups = {f"{name} ({','.join(map(str, labels))})": labels for name, labels in groups.items()}
   summaries = {method: [_last_task(r, groups) for r in results]
                for method, results in _finished_by_method(runs).items()}
-  columns = ['old', 'new', *groups, 'generator s', 'classifier s']
+  columns = ['old', 'new', *groups, 'stage I s', 'classifier s']
   return _table(['method', 'finished runs', *columns],
                 [[method, str(len(mine)), *(_mean_std([s[c] for s in mine]) for c in columns)]
                  for method, mine in summaries.items()])

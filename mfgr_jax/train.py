@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from mfgr_jax import classifier
 from mfgr_jax import consolidation
@@ -66,9 +67,13 @@ class Experiment:
                      hidden=config.hidden, architecture=config.architecture, output_size=height,
                      axis_name=parallel.AXIS)
 
-  def generator_steps(self, task: Task) -> int:
-    """Stage I steps of `task`: none at task 0 or for methods without a generator."""
-    return self.config.generator.steps if self.method.generator_terms and task.num_old else 0
+  def synthesis_steps(self, task: Task) -> int:
+    """Stage I steps of `task`: none at task 0 or for methods that replay nothing."""
+    if not task.num_old or not self.method.synthesis:
+      return 0
+    if self.method.synthesis == 'generator':
+      return self.config.generator.steps
+    return self.config.deepinversion.batches * self.config.deepinversion.iterations
 
   def generated_batch_size(self, task: Task) -> int:
     """Generated images per stage II step (`config.replay.balance`)."""
@@ -102,8 +107,8 @@ class Experiment:
                    'class_order': self.order,
                    'tasks': [list(t.classes) for t in self.tasks], 'method': self.method.name,
                    'model': self.config.model.to_dict()}
-    if self.method.generator_terms:
-      fingerprint['generator'] = self.config.generator.to_dict()
+    if self.method.synthesis:
+      fingerprint[self.method.synthesis] = self.config[self.method.synthesis].to_dict()
     if self.method.importance:
       fingerprint['penalty'] = self.config[self.method.config_section].to_dict()
     return fingerprint
@@ -117,8 +122,8 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
     raise UserError(f'model: {e}; fix --config.model.*') from None
   parallel.check_divisible(config.train.batch_size, 'train.batch_size')
   parallel.check_divisible(config.eval_batch_size, 'eval_batch_size')
-  if method.generator_terms:
-    _check_generator_config(config, method)
+  if method.synthesis:
+    _check_synthesis_config(config, method)
   if method.importance:
     section = config[method.config_section]
     parallel.check_divisible(section.importance_batch_size,
@@ -144,7 +149,7 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
   experiment = Experiment(config, workdir, method, dataset, order, tasks,
                           output_of_label[dataset.train_labels],
                           output_of_label[dataset.test_labels])
-  if method.generator_terms:
+  if method.synthesis == 'generator':
     height, width, _ = dataset.image_shape
     if height != width:
       raise UserError(f'the generator makes square images but {dataset.name} has {height}x{width}'
@@ -154,6 +159,7 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
                          config.generator.image_size or height)
     except ValueError as e:
       raise UserError(f'generator: {e}; fix --config.generator.image_size or .architecture') from None
+  if method.synthesis:
     for task in experiment.tasks_to_run[1:]:
       parallel.check_divisible(experiment.generated_batch_size(task),
                                f'the generated batch of task {task.index}')
@@ -259,38 +265,71 @@ def _run_stage(stage: str, experiment: Experiment, task: Task, outputs: _Outputs
 
 def record_knowledge(experiment: Experiment, task: Task, teacher_vars: Any, outputs: _Outputs,
                      resume: dict | None, seconds: dict, global_offset: int) -> tuple[Any, dict]:
-  """Stage I: trains a fresh generator against the frozen old model; returns its params."""
-  config = experiment.config
+  """Stage I: inverts the frozen old model; returns what stage II replays from
+  (generator parameters or DeepInversion's pool) and the stage's throughput."""
+  record = train_generator if experiment.method.synthesis == 'generator' else synthesise_pixels
+  return record(experiment, task, teacher_vars, outputs, resume, seconds, global_offset)
+
+
+def train_generator(experiment: Experiment, task: Task, teacher_vars: Any, outputs: _Outputs,
+                    resume: dict | None, seconds: dict, global_offset: int) -> tuple[Any, dict]:
+  """MFGR's stage I: trains a fresh generator against the frozen old model; returns its params."""
+  config = experiment.config.generator
   generator, teacher = experiment.generator(), experiment.model(task.num_old)
-  tx = inversion.make_optimizer(config.generator)
+  tx = inversion.make_optimizer(config)
   state = inversion.init_state(generator, experiment.task_key(task, _GENERATOR_INIT), tx)
   if resume is not None:
     state = outputs.checkpoints.restore_progress({'generator': parallel.to_host(state)})['generator']
     logging.info('Resuming task %d generator at step %d', task.index, int(state.step))
-  first_step, total_steps = int(state.step), experiment.generator_steps(task)
-  step = inversion.make_generator_step(generator, teacher, tx, config.generator,
+  first_step, total_steps = int(state.step), experiment.synthesis_steps(task)
+  step = inversion.make_generator_step(generator, teacher, tx, config,
                                        experiment.method.generator_terms)
   key = experiment.task_key(task, _GENERATOR_STEPS)
   state, steps_per_second = _run_stage(
       'generator', experiment, task, outputs, lambda state, _: step(state, teacher_vars, key),
       parallel.replicate(state), total_steps, global_offset, lambda state: {'generator': state},
-      seconds, config.generator.log_every_steps)
+      seconds, config.log_every_steps)
   if first_step < total_steps:  # a finished stage I survives a kill during stage II
     outputs.checkpoints.save_progress(global_offset + total_steps, {'generator': state}, {
         'task': task.index, 'stage': 'generator', 'step': total_steps, 'seconds': seconds})
   params = parallel.to_host(state.params)
-  _write_samples(experiment, task, params, outputs, global_offset + total_steps)
-  return params, {'generator_images_per_second': (
-      steps_per_second * config.generator.batch_size if steps_per_second else None)}
-
-
-def _write_samples(experiment: Experiment, task: Task, generator_params: Any, outputs: _Outputs,
-                   global_step: int) -> None:
-  """A PNG grid of generated images in WORKDIR/samples/ and in TensorBoard."""
-  generator = experiment.generator()
-  count = experiment.config.generator.batch_size  # the batch size its BN statistics expect
-  images = inversion.make_sampler(generator, count)(parallel.replicate(generator_params),
+  count = config.batch_size  # the batch size its BN statistics expect
+  samples = inversion.make_sampler(generator, count)(parallel.replicate(params),
                                                      experiment.task_key(task, _SAMPLES))
+  _write_samples(experiment, task, samples, outputs, global_offset + total_steps)
+  return params, {'generator_images_per_second': (
+      steps_per_second * config.batch_size if steps_per_second else None)}
+
+
+def synthesise_pixels(experiment: Experiment, task: Task, teacher_vars: Any, outputs: _Outputs,
+                      resume: dict | None, seconds: dict, global_offset: int) -> tuple[Any, dict]:
+  """DeepInversion's stage I: optimises a pool of images against the frozen old model."""
+  config = experiment.config.deepinversion
+  teacher = experiment.model(task.num_old)
+  tx = optax.adam(config.learning_rate)
+  state = inversion.init_pixel_state(config, experiment.dataset.image_shape, tx)
+  if resume is not None:
+    state = outputs.checkpoints.restore_progress({'synthesis': parallel.to_host(state)})['synthesis']
+    logging.info('Resuming task %d synthesis at step %d', task.index, int(state.step))
+  first_step, total_steps = int(state.step), experiment.synthesis_steps(task)
+  step = inversion.make_pixel_step(teacher, tx, config, task.num_old)
+  key = experiment.task_key(task, _GENERATOR_STEPS)
+  state, steps_per_second = _run_stage(
+      'synthesis', experiment, task, outputs, lambda state, _: step(state, teacher_vars, key),
+      parallel.replicate(state), total_steps, global_offset, lambda state: {'synthesis': state},
+      seconds, config.log_every_steps)
+  if first_step < total_steps:
+    outputs.checkpoints.save_progress(global_offset + total_steps, {'synthesis': state}, {
+        'task': task.index, 'stage': 'synthesis', 'step': total_steps, 'seconds': seconds})
+  pool = parallel.to_host(state.pool)
+  _write_samples(experiment, task, pool, outputs, global_offset + total_steps)
+  return pool, {'synthesis_images_per_second': (
+      steps_per_second * config.batch_size / config.iterations if steps_per_second else None)}
+
+
+def _write_samples(experiment: Experiment, task: Task, images: np.ndarray, outputs: _Outputs,
+                   global_step: int) -> None:
+  """A PNG grid of stage I's images in WORKDIR/samples/ and in TensorBoard."""
   shown = 128 if images.shape[1] <= 64 else 32  # keeps 224-pixel grids a few MB
   grid = inversion.image_grid(np.asarray(images)[:shown], experiment.dataset.mean,
                               experiment.dataset.std)
@@ -298,13 +337,13 @@ def _write_samples(experiment: Experiment, task: Task, generator_params: Any, ou
     folder = experiment.workdir / 'samples'
     folder.mkdir(exist_ok=True)
     report.write_png(folder / f'task{task.index}.png', grid)
-  outputs.writer.write_images(global_step, {'generator/samples': grid[None]})
+  outputs.writer.write_images(global_step, {'samples': grid[None]})
 
 
 def learn_task(experiment: Experiment, task: Task, previous: dict | None,
                outputs: _Outputs, global_offset: int,
                method_state: Any = None) -> tuple[dict, dict, dict]:
-  """Learns `task` (stage I if the method has a generator, then the classifier).
+  """Learns `task` (stage I if the method replays synthesised images, then the classifier).
 
   `method_state`: what the method carried from the earlier tasks (the anchor
   and importance of EWC and MAS), or None. Returns (model variables on host,
@@ -317,13 +356,12 @@ def learn_task(experiment: Experiment, task: Task, previous: dict | None,
   teacher = experiment.model(task.num_old) if method.uses_teacher and task.num_old else None
   teacher_vars = parallel.replicate(previous) if teacher is not None else None
   throughput = {}
-  generator_params = None
-  uses_generator = bool(method.generator_terms and task.num_old)
-  if uses_generator and not (resume and resume['stage'] == 'classifier'):
-    generator_params, throughput = record_knowledge(
-        experiment, task, teacher_vars, outputs,
-        resume if resume and resume['stage'] == 'generator' else None, seconds, global_offset)
-  global_offset += experiment.generator_steps(task)
+  replay_arrays = None  # generator parameters or DeepInversion's pool
+  replays = bool(method.synthesis and task.num_old)
+  if replays and not (resume and resume['stage'] == 'classifier'):
+    replay_arrays, throughput = record_knowledge(experiment, task, teacher_vars, outputs, resume,
+                                                 seconds, global_offset)
+  global_offset += experiment.synthesis_steps(task)
 
   model = experiment.model(task.num_seen)
   if previous is None:
@@ -338,27 +376,25 @@ def learn_task(experiment: Experiment, task: Task, previous: dict | None,
   state = classifier.init_train_state(params, batch_stats, tx)
   if resume and resume['stage'] == 'classifier':
     target = {'classifier': parallel.to_host(state)}
-    if uses_generator:
-      target['generator_params'] = parallel.to_host(experiment.generator().init(
-          jax.random.PRNGKey(0), jnp.zeros((2, config.generator.latent_dim)))['params'])
+    if replays:
+      target['replay'] = _replay_arrays_like(experiment)
     restored = outputs.checkpoints.restore_progress(target)
-    state, generator_params = restored['classifier'], restored.get('generator_params')
+    state, replay_arrays = restored['classifier'], restored.get('replay')
     logging.info('Resuming task %d at step %d/%d', task.index, int(state.step), total_steps)
 
   augment_kwargs = dict(padding=config.data.crop_padding, flip=config.data.flip,
                         mean=experiment.dataset.mean, std=experiment.dataset.std)
   loss = method.make_loss(task, config)
   sampler = BatchSampler(experiment, task)
-  if uses_generator:
-    replay_step = classifier.make_replay_step(
-        model, tx, loss, augment_kwargs, teacher,
-        classifier.generator_source(experiment.generator(), experiment.generated_batch_size(task)),
-        config.replay.single_pass)
-    generator_on_devices = parallel.replicate(generator_params)
+  if replays:
+    replay_step = classifier.make_replay_step(model, tx, loss, augment_kwargs, teacher,
+                                              _replay_source(experiment, task),
+                                              config.replay.single_pass)
+    replay_on_devices = parallel.replicate(replay_arrays)
     replay_key = experiment.task_key(task, _REPLAY)
-    step_fn = lambda state, step: replay_step(state, teacher_vars, generator_on_devices,
+    step_fn = lambda state, step: replay_step(state, teacher_vars, replay_on_devices,
                                               parallel.shard(sampler(step)), replay_key)
-    payload = lambda state: {'classifier': state, 'generator_params': generator_on_devices}
+    payload = lambda state: {'classifier': state, 'replay': replay_on_devices}
   else:
     penalty = (consolidation.make_penalty(config[method.config_section])
                if method.importance and method_state is not None else None)
@@ -374,6 +410,24 @@ def learn_task(experiment: Experiment, task: Task, previous: dict | None,
       steps_per_second * config.train.batch_size if steps_per_second else None)
   return (parallel.to_host({'params': state.params, 'batch_stats': state.batch_stats}), seconds,
           throughput)
+
+
+def _replay_source(experiment: Experiment, task: Task) -> classifier.ReplaySource:
+  batch_size = experiment.generated_batch_size(task)
+  if experiment.method.synthesis == 'generator':
+    return classifier.generator_source(experiment.generator(), batch_size)
+  config = experiment.config.deepinversion
+  return classifier.pool_source(config.batches * config.batch_size, batch_size)
+
+
+def _replay_arrays_like(experiment: Experiment) -> Any:
+  """Host arrays shaped like what stage II replays from: a target for restoring."""
+  if experiment.method.synthesis == 'generator':
+    return parallel.to_host(experiment.generator().init(
+        jax.random.PRNGKey(0), jnp.zeros((2, experiment.config.generator.latent_dim)))['params'])
+  config = experiment.config.deepinversion
+  return np.zeros((config.batches * config.batch_size,) + experiment.dataset.image_shape,
+                  np.float32)
 
 
 def consolidate(experiment: Experiment, task: Task, variables: dict, previous: dict | None) -> dict:
@@ -466,8 +520,12 @@ def record_task(results: dict, experiment: Experiment, metrics: dict, seconds: d
   results['forgetting'] = evaluation.forgetting(results['accuracy_matrix'])
 
 
-def _check_generator_config(config: ml_collections.ConfigDict, method: Method) -> None:
-  parallel.check_divisible(config.generator.batch_size, 'generator.batch_size')
+def _check_synthesis_config(config: ml_collections.ConfigDict, method: Method) -> None:
+  section = config[method.synthesis]
+  parallel.check_divisible(section.batch_size, f'{method.synthesis}.batch_size')
+  if method.synthesis == 'deepinversion' and min(section.batches, section.iterations) <= 0:
+    raise UserError(f'deepinversion.batches={section.batches} and .iterations='
+                    f'{section.iterations} must both be positive')
   if config.replay.balance not in ('fixed', 'per_class'):
     raise UserError(f"replay.balance={config.replay.balance!r} must be 'fixed' or 'per_class'")
   if 'diversity' in method.generator_terms and (
@@ -486,6 +544,9 @@ def _check_fingerprint(saved: dict, expected: dict, where: str) -> None:
         '--workdir, or delete that one to start over')
 
 
+_TASK0_FINGERPRINT = ('dataset', 'images', 'class_order', 'tasks', 'model')
+
+
 def _load_task0(experiment: Experiment, task: Task) -> tuple[dict, str]:
   """The task-0 model of another run's workdir (`config.init_from`)."""
   source = pathlib.Path(experiment.config.init_from).expanduser().absolute()
@@ -495,8 +556,7 @@ def _load_task0(experiment: Experiment, task: Task) -> tuple[dict, str]:
   other = Checkpoints(source / 'checkpoints')
   saved = other.task_meta(0)['fingerprint']
   # Task 0 trains the same way for every method (plain CE, no generator).
-  expected = {k: v for k, v in experiment.fingerprint().items()
-              if k not in ('method', 'generator', 'penalty')}
+  expected = {k: v for k, v in experiment.fingerprint().items() if k in _TASK0_FINGERPRINT}
   expected['tasks'] = expected['tasks'][:1]
   saved = {**saved, 'tasks': saved['tasks'][:1]}
   _check_fingerprint(saved, expected, f'the task-0 model in {source}')
@@ -529,7 +589,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results, start = meta['results'], last + 1
     logging.info('Resuming after task %d from %s', last, workdir)
 
-  offsets = np.cumsum([0] + [experiment.generator_steps(t) + experiment.total_steps(t)
+  offsets = np.cumsum([0] + [experiment.synthesis_steps(t) + experiment.total_steps(t)
                              for t in experiment.tasks_to_run])
   progress = periodic_actions.ReportProgress(num_train_steps=int(offsets[-1]), writer=writer,
                                              every_secs=30)

@@ -62,7 +62,7 @@ def main():
       weights=dict(one_hot=1.0, class_balance=5.0, activation=0.1, signed_difference=10.0,
                    bn_statistics=20.0, diversity=0.1)))
   generator_step = inversion.make_generator_step(generator, teacher, generator_tx, config,
-                                                 inversion.TERMS)
+                                                 inversion.GENERATOR_TERMS)
   generator_state = parallel.replicate(
       inversion.init_state(generator, jax.random.PRNGKey(3), generator_tx))
   for i in range(2):
@@ -71,17 +71,33 @@ def main():
     out[f'generator_metrics_{i}'] = {k: np.asarray(v).tolist() for k, v in metrics.items()}
   out['generator_state'] = _fingerprint(generator_state)
 
-  for single_pass in (False, True):
+  # DeepInversion: each device optimises its rows of the pixel batch; plain SGD shows the scale.
+  pixel_config = ml_collections.ConfigDict(dict(
+      batches=1, batch_size=8, iterations=2, jitter=2, flip=True,
+      weights=dict(target_ce=1.0, bn_statistics=20.0, total_variation=2.5e-3, l2_prior=1e-3)))
+  pixel_step = inversion.make_pixel_step(teacher, optax.sgd(0.5), pixel_config, num_classes=2)
+  pixel_state = parallel.replicate(inversion.init_pixel_state(pixel_config, (16, 16, 1),
+                                                              optax.sgd(0.5)))
+  for i in range(2):
+    pixel_state, metrics = pixel_step(pixel_state, teacher_vars, jax.random.PRNGKey(6))
+    out[f'pixels_metrics_{i}'] = {k: np.asarray(v).tolist() for k, v in metrics.items()}
+  out['pixels_state'] = _fingerprint(pixel_state)
+
+  # Stage II from a generator (two passes, one pass) and from DeepInversion's pool.
+  replays = {'replay0': (classifier.generator_source(generator, 8), generator_state.params, False),
+             'replay1': (classifier.generator_source(generator, 8), generator_state.params, True),
+             'replay_pool': (classifier.pool_source(8, 8), pixel_state.pool, False)}
+  for name, (source, source_arrays, single_pass) in replays.items():
     replay_step = classifier.make_replay_step(
-        model, tx, get_method('mfgr').make_loss(task, CONFIG), AUGMENT, teacher,
-        classifier.generator_source(generator, 8), single_pass=single_pass)
+        model, tx, get_method('mfgr').make_loss(task, CONFIG), AUGMENT, teacher, source,
+        single_pass=single_pass)
     state = parallel.replicate(classifier.init_train_state(model_vars['params'],
                                                            model_vars['batch_stats'], tx))
     for i in range(2):
-      state, metrics = replay_step(state, teacher_vars, generator_state.params, batch,
+      state, metrics = replay_step(state, teacher_vars, source_arrays, batch,
                                    jax.random.PRNGKey(5))
-      out[f'replay{int(single_pass)}_metrics_{i}'] = {k: float(v) for k, v in metrics.items()}
-    out[f'replay{int(single_pass)}_state'] = _fingerprint(state)
+      out[f'{name}_metrics_{i}'] = {k: float(v) for k, v in metrics.items()}
+    out[f'{name}_state'] = _fingerprint(state)
 
   # EWC's per-example Fisher, summed over the global batch (padding weight 0 on the last 3).
   importance_step = consolidation.make_importance_step(

@@ -2,15 +2,21 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 import pytest
 import tensorflow as tf
 
-from mfgr_jax import losses, train
+from mfgr_jax import inversion, losses, train
 from mfgr_jax.methods import lwm
 from mfgr_jax.models.resnet import classify, resnet
 
-from conftest import load_results
+from conftest import SMOKE, comparable, kill_9_after_checkpoint, load_results, run_main
+
+DEEPINVERSION_ARGS = ('--config.method=deepinversion', '--config.deepinversion.batches=2',
+                      '--config.deepinversion.iterations=8', '--config.deepinversion.batch_size=32',
+                      '--config.checkpoint_every_steps=4')
 
 
 def scalars(workdir, tag: str) -> list[float]:
@@ -55,3 +61,105 @@ def test_lwm_runs_and_records_its_attention_loss(smoke_config, tmp_path):
   assert results['accuracy'][1] > 100 / 6  # better than chance over 6 classes
   attention = scalars(tmp_path, 'classifier/attention')
   assert attention and np.all(np.isfinite(attention)) and max(attention) > 0
+
+
+def _pixel_config(**overrides):
+  config = ml_collections.ConfigDict(dict(
+      batches=2, batch_size=6, iterations=3, learning_rate=0.05, jitter=2, flip=True,
+      weights=dict(target_ce=1.0, bn_statistics=20.0, total_variation=2.5e-3, l2_prior=1e-3)))
+  config.update(overrides)
+  return config
+
+
+def test_deepinversion_priors_against_hand_values():
+  images = jnp.asarray([[[[1.0], [3.0]], [[0.0], [2.0]]]])  # one 2x2 image
+  # Horizontal differences (-2, -2), vertical (1, 1), diagonals (3) and (-1).
+  expected = np.sqrt(8) + np.sqrt(2) + 3 + 1
+  np.testing.assert_allclose(losses.total_variation_l2_loss(images), expected, rtol=1e-6)
+  np.testing.assert_allclose(losses.l2_prior_loss(images), np.sqrt(14), rtol=1e-6)
+
+
+def test_jitter_shifts_and_flips_the_whole_batch_together():
+  images = jnp.arange(2 * 5 * 5, dtype=jnp.float32).reshape(2, 5, 5, 1)
+  for seed in range(8):
+    out = inversion.jitter(images, jax.random.PRNGKey(seed), 2, True)
+    matches = [(dy, dx, f) for dy in range(-2, 3) for dx in range(-2, 3) for f in (0, 1)
+               if np.array_equal(out, (lambda r: r[:, :, ::-1] if f else r)(
+                   jnp.roll(images, (dy, dx), axis=(1, 2))))]
+    assert len(matches) == 1  # one shift and one flip decision for every image
+
+
+def test_pixel_step_descends_the_plain_loss_and_fills_the_pool():
+  from mfgr_jax import parallel
+  from mfgr_jax.models.layers import BN_INPUT_MOMENTS, bn_input_statistics
+  config = _pixel_config()
+  teacher = resnet(18, 3, width=4, bn_axis_name=parallel.AXIS)
+  teacher_vars = teacher.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 1)), train=False)
+  tx = optax.sgd(1.0)  # update = -gradient, so the gradient's scale is checked too
+  step = inversion.make_pixel_step(teacher, tx, config, num_classes=3)
+  state = parallel.replicate(inversion.init_pixel_state(config, (8, 8, 1), tx))
+  key = jax.random.PRNGKey(2)
+  replicated_teacher = parallel.replicate(teacher_vars)
+  state, metrics = step(state, replicated_teacher, key)
+
+  plain_teacher = resnet(18, 3, width=4)
+  start = jax.random.normal(jax.random.fold_in(key, 0), (6, 8, 8, 1))
+  targets = jnp.asarray([0, 1, 2, 0, 1, 2])  # class-balanced
+
+  def plain_loss(pixels):
+    images = inversion.jitter(pixels, jax.random.fold_in(jax.random.fold_in(key, 0), 1), 2, True)
+    (logits, _), moments = plain_teacher.apply(teacher_vars, images, train=False,
+                                               mutable=[BN_INPUT_MOMENTS])
+    w = config.weights
+    return (w.target_ce * losses.cross_entropy(logits, targets)
+            + w.bn_statistics * losses.bn_statistics_loss(
+                bn_input_statistics(moments[BN_INPUT_MOMENTS], teacher_vars['batch_stats']))
+            + w.total_variation * losses.total_variation_l2_loss(images)
+            + w.l2_prior * losses.l2_prior_loss(images))
+
+  loss, grads = jax.value_and_grad(plain_loss)(start)
+  assert float(metrics['loss']) == pytest.approx(float(loss), rel=1e-5)
+  np.testing.assert_allclose(state.pixels, start - grads, rtol=1e-4, atol=1e-6)
+  assert not np.any(np.asarray(state.pool))  # batch 0 is not finished yet
+
+  for _ in range(2):
+    state, _ = step(state, replicated_teacher, key)
+  first_batch = np.asarray(state.pixels)
+  np.testing.assert_array_equal(state.pool[:6], first_batch)  # written after its last iteration
+  assert not np.any(np.asarray(state.pool[6:]))
+  state, _ = step(state, replicated_teacher, key)  # batch 1 starts from fresh noise
+  fresh = jax.random.normal(jax.random.fold_in(key, 1), (6, 8, 8, 1))
+  assert float(jnp.max(jnp.abs(state.pixels - fresh))) < 10 * float(jnp.max(jnp.abs(grads)))
+  assert not np.allclose(state.pixels, first_batch)
+  for _ in range(2):
+    state, _ = step(state, replicated_teacher, key)
+  np.testing.assert_array_equal(state.pool[6:], state.pixels)
+  np.testing.assert_array_equal(state.pool[:6], first_batch)
+
+
+@pytest.fixture(scope='module')
+def deepinversion_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('deepinversion')
+  proc = run_main(f'--config={SMOKE}', f'--workdir={workdir}', *DEEPINVERSION_ARGS)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+def test_deepinversion_runs_writes_samples_and_times_its_synthesis(deepinversion_run):
+  results = load_results(deepinversion_run)
+  assert results['method'] == 'deepinversion' and len(results['accuracy']) == 3
+  assert results['seconds'][1]['synthesis'] > 0 and 'generator' not in results['seconds'][1]
+  assert results['throughput'][1]['synthesis_images_per_second'] > 0
+  assert (deepinversion_run / 'samples' / 'task1.png').exists()
+  assert scalars(deepinversion_run, 'synthesis/bn_statistics')
+
+
+def test_deepinversion_killed_mid_synthesis_resumes_identically(tmp_path, deepinversion_run):
+  # Smoke tasks have 18 classifier steps; task 1 starts with 2 x 8 synthesis steps
+  # (global steps 19-34), checkpointed every 4.
+  workdir = tmp_path / 'killed'
+  kill_9_after_checkpoint(workdir, 23, 31, f'--config={SMOKE}', *DEEPINVERSION_ARGS)
+  rerun = run_main(f'--config={SMOKE}', f'--workdir={workdir}', *DEEPINVERSION_ARGS)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert 'Resuming task 1 synthesis at step' in rerun.stderr
+  assert comparable(load_results(workdir)) == comparable(load_results(deepinversion_run))

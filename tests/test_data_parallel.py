@@ -25,7 +25,8 @@ def one_and_two():
   return _run(1), _run(2)
 
 
-@pytest.mark.parametrize('name', ['lwf', 'lwm', 'generator', 'replay0', 'replay1', 'importance'])
+@pytest.mark.parametrize('name', ['lwf', 'lwm', 'generator', 'pixels', 'replay0', 'replay1',
+                                  'replay_pool', 'importance'])
 def test_two_devices_compute_the_single_device_steps(one_and_two, name):
   one, two = one_and_two
   assert (one['devices'], two['devices']) == (1, 2)

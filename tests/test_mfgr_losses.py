@@ -98,6 +98,9 @@ def test_bn_statistics_loss_vanishes_when_batch_matches_running_statistics():
       bn_input_statistics(state[BN_INPUT_MOMENTS], variables['batch_stats']))) > 0.1
 
 
+ALL_TERMS = inversion.GENERATOR_TERMS + ('target_ce', 'total_variation', 'l2_prior')
+
+
 def _tiny_stage_one():
   teacher = resnet(18, 3, width=4, bn_axis_name=parallel.AXIS)
   teacher_vars = teacher.init(jax.random.PRNGKey(1), jnp.zeros((1, 16, 16, 1)), train=False)
@@ -115,7 +118,7 @@ def test_generator_step_descends_the_plain_single_device_loss():
   tx = optax.sgd(1.0)  # update = -gradient, so the gradient's scale is checked too
   state = parallel.to_host(inversion.init_state(generator, jax.random.PRNGKey(2), tx))
   key = jax.random.PRNGKey(3)
-  step = inversion.make_generator_step(generator, teacher, tx, config, inversion.TERMS)
+  step = inversion.make_generator_step(generator, teacher, tx, config, inversion.GENERATOR_TERMS)
   new_state, metrics = step(parallel.replicate(state), parallel.replicate(teacher_vars), key)
 
   plain_generator = Generator(16, 1, latent_dim=8, hidden=8)
@@ -149,8 +152,9 @@ def test_stage_one_gradient_reaches_only_the_generator():
   params = generator.init(jax.random.PRNGKey(0), jnp.zeros((2, 8)))['params']
 
   def total(teacher_vars, params, z):
-    values, _ = inversion.generator_loss_terms(generator, teacher, params, teacher_vars, z,
-                                               jax.random.PRNGKey(1), inversion.TERMS, 4)
+    images = generator.apply({'params': params}, z)
+    values, _ = inversion.inversion_loss_terms(teacher, teacher_vars, images, ALL_TERMS,
+                                               jax.random.PRNGKey(1), 4, jnp.arange(16) % 3)
     return parallel.pmean(sum(values.values()))
 
   grad_fn = parallel.data_parallel(

@@ -108,7 +108,7 @@ def test_last_task_table_has_groups_by_label_id_and_stage_seconds(tmp_path):
                             'c': _results('mfgr', 0, generator=15.0)},
                  '--groups', 'top=2', '--groups', 'new=0,1')
   rows = _section(text, 'After the last task')
-  assert rows[0] == ('| method | finished runs | old | new | top (2) | new (0,1) | generator s | '
+  assert rows[0] == ('| method | finished runs | old | new | top (2) | new (0,1) | stage I s | '
                      'classifier s |')
   # lwf: old (outputs 0, 1) 75 and 65; group "top" (label 2 = output 0) 100 and 80;
   # labels 0, 1 = outputs 1, 2: 25 both. Seconds summed over tasks 2 and 3 only.

@@ -46,8 +46,12 @@ class Method:
   # Builds the task's loss from the task and the run's config: a ClassifierLoss,
   # or a ReplayLoss at tasks t > 0 of methods that replay synthesised images.
   make_loss: Callable[[Task, ml_collections.ConfigDict], ClassifierLoss | ReplayLoss]
-  # Stage I loss terms (`inversion.TERMS`) of a generator trained against the
-  # old model before each incremental task; () for methods without one.
+  # Stage I of methods that replay synthesised old-class images at tasks t > 0,
+  # named by its config section: '' (none), 'generator' (MFGR: a generator
+  # trained with `generator_terms`) or 'deepinversion' (a pool of optimised images).
+  synthesis: str = ''
+  # Loss terms (`inversion.GENERATOR_TERMS`) of the generator trained against
+  # the old model before each incremental task.
   generator_terms: tuple[str, ...] = ()
   # The method's own config section (its hyperparameters; part of the
   # checkpoint fingerprint), '' if none.
@@ -59,8 +63,8 @@ class Method:
 
 def get_method(name: str) -> Method:
   # Imported here so that method modules can import this one for `Method`.
-  from mfgr_jax.methods import ewc, finetune, lwf, lwm, mas, mfgr, oracle  # pylint: disable=g-import-not-at-top
-  registry = {m.name: m for module in (ewc, finetune, lwf, lwm, mas, mfgr, oracle)
+  from mfgr_jax.methods import deepinversion, ewc, finetune, lwf, lwm, mas, mfgr, oracle  # pylint: disable=g-import-not-at-top
+  registry = {m.name: m for module in (deepinversion, ewc, finetune, lwf, lwm, mas, mfgr, oracle)
               for m in module.METHODS}
   if name not in registry:
     raise UserError(f'unknown method {name!r}; choose one of {", ".join(sorted(registry))} '

@@ -52,7 +52,7 @@ def make_loss(task: Task, config: ml_collections.ConfigDict,
 def _method(name: str, terms: tuple[str, ...], distill_real: bool) -> Method:
   return Method(name, uses_teacher=True, trains_on_all_seen=False,
                 make_loss=functools.partial(make_loss, distill_real=distill_real),
-                generator_terms=terms)
+                synthesis='generator', generator_terms=terms)
 
 
 METHODS = (
