@@ -5,7 +5,7 @@ and Shirt (6), with the easy Trouser (1) and Bag (8). Task 1 (new): Dress (3),
 Sandal (5), Sneaker (7), Ankle boot (9). This mirrors the paper's Table 1/3
 claim (LwF loses fine-grained old classes, MFGR keeps them) at a size that
 finishes on a 2-core CPU: 1500 training images per class, ResNet-18 width 16,
-3 epochs per task, a 400-step generator at batch 128.
+3 epochs per task, a 400-step generator at batch 128 (DeepInversion: 400 steps too).
 
 Share one task-0 model between methods (`--config.init_from=WORKDIR`), as the
 paper does; `launch/fashion_finegrained.sh` runs the whole study.
@@ -32,6 +32,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.generator.batch_size = 128
   config.generator.diversity_pairs = 50
   config.replay.generated_batch_size = 128
+  # DeepInversion: as many stage I steps as the generator's (2 batches x 200
+  # iterations at batch 128), which buys a fixed pool of 256 images.
+  config.deepinversion.batches = 2
+  config.deepinversion.iterations = 200
+  config.deepinversion.batch_size = 128
+  config.deepinversion.log_every_steps = 25
   # FACIL's 5000 diverges here (largest Fisher entry 0.21 at lr 0.1); not tuned further.
   config.ewc.weight = 50.0
   config.checkpoint_every_steps = 100

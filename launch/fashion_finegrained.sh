@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The fine-grained Fashion-MNIST study (configs/fashion_finegrained.py): per seed,
-# one shared task-0 model, then finetune, lwf, ewc, mas, lwf_g_bn and mfgr from it; then
+# one shared task-0 model, then every method of METHODS from it; then
 # the report docs/fashion_finegrained/report.md (tables and charts). Rerunning resumes
 # or skips finished runs.
 #
@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 ROOT=${ROOT:-workdirs/fashion_finegrained}
-METHODS=${METHODS:-finetune lwf ewc mas lwf_g_bn mfgr}
+METHODS=${METHODS:-finetune lwf ewc mas lwm lwf_g_bn mfgr deepinversion}
 SEEDS=${*:-0 1 2}
 CONFIG=configs/fashion_finegrained.py
 OUT=${OUT:-docs/fashion_finegrained}
