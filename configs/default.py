@@ -63,6 +63,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.mas = ml_collections.ConfigDict(dict(
       weight=1.0, accumulate='average', output_norm='l2', importance_batch_size=64))
 
+  # iCaRL (icarl, icarl_mfgr): exemplars kept in total over all seen classes,
+  # split as evenly as possible and chosen by herding (iCaRL's K = 2000).
+  config.icarl = ml_collections.ConfigDict(dict(memory_size=2000))
+
   # Stage I of the generator methods (mfgr, lwf_g_bn, g_bn, lwf_g_base): a fresh
   # DAFL generator per incremental task, trained against the frozen old model.
   # The paper's CIFAR setting: 60000 steps at batch 512.

@@ -148,3 +148,19 @@ def attention_distillation_loss(student_maps: jax.Array, teacher_maps: jax.Array
     return flat / jnp.maximum(jnp.linalg.norm(flat, axis=-1, keepdims=True), 1e-12)
   difference = normalised(student_maps) - normalised(jax.lax.stop_gradient(teacher_maps))
   return jnp.mean(jnp.sum(jnp.abs(difference), axis=-1))
+
+
+def icarl_distillation_loss(logits: jax.Array, targets: jax.Array,
+                            teacher_logits: jax.Array | None) -> jax.Array:
+  """iCaRL's sigmoid loss: binary CE of every seen logit, summed over classes, batch mean.
+
+  Targets are one-hot over the seen classes (`targets`: output index, or -1 for
+  an image of no new class, e.g. a generated one), except that the old-class
+  columns take the frozen old model's sigmoids (distillation) when
+  `teacher_logits` is given.
+  """
+  labels = jax.nn.one_hot(targets, logits.shape[-1])  # all zero for -1
+  if teacher_logits is not None:
+    old = teacher_logits.shape[-1]
+    labels = labels.at[:, :old].set(jax.nn.sigmoid(jax.lax.stop_gradient(teacher_logits)))
+  return jnp.mean(jnp.sum(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1))

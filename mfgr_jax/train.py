@@ -24,6 +24,7 @@ import optax
 from mfgr_jax import classifier
 from mfgr_jax import consolidation
 from mfgr_jax import evaluation
+from mfgr_jax import exemplars
 from mfgr_jax import inversion
 from mfgr_jax import parallel
 from mfgr_jax import report
@@ -89,11 +90,24 @@ class Experiment:
                               stream)
 
   def train_indices(self, task: Task) -> np.ndarray:
+    """The task's own training images (without an exemplar memory)."""
     first = 0 if self.method.trains_on_all_seen else task.num_old
     return np.flatnonzero((self.train_targets >= first) & (self.train_targets < task.num_seen))
 
+  def exemplar_quotas(self, task: Task) -> np.ndarray:
+    """Exemplars per seen class in the memory after `task` (`exemplars.class_quotas`)."""
+    sizes = np.bincount(self.train_targets[self.train_targets >= 0], minlength=len(self.order))
+    return exemplars.class_quotas(sizes[:task.num_seen], self.config.icarl.memory_size)
+
+  def train_count(self, task: Task) -> int:
+    """Training images of `task`: its own, plus the memory of the tasks before it."""
+    count = len(self.train_indices(task))
+    if self.method.exemplars and task.index:
+      count += int(self.exemplar_quotas(self.tasks[task.index - 1]).sum())
+    return count
+
   def steps_per_epoch(self, task: Task) -> int:
-    return len(self.train_indices(task)) // self.config.train.batch_size
+    return self.train_count(task) // self.config.train.batch_size
 
   def total_steps(self, task: Task) -> int:
     return self.config.train.epochs * self.steps_per_epoch(task)
@@ -111,6 +125,8 @@ class Experiment:
       fingerprint[self.method.synthesis] = self.config[self.method.synthesis].to_dict()
     if self.method.importance:
       fingerprint['penalty'] = self.config[self.method.config_section].to_dict()
+    if self.method.exemplars:
+      fingerprint['memory'] = self.config.icarl.memory_size
     return fingerprint
 
 
@@ -124,6 +140,8 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
   parallel.check_divisible(config.eval_batch_size, 'eval_batch_size')
   if method.synthesis:
     _check_synthesis_config(config, method)
+  if method.exemplars and config.icarl.memory_size <= 0:
+    raise UserError(f'icarl.memory_size={config.icarl.memory_size} must be positive')
   if method.importance:
     section = config[method.config_section]
     parallel.check_divisible(section.importance_batch_size,
@@ -165,7 +183,7 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
                                f'the generated batch of task {task.index}')
   for task in experiment.tasks_to_run:
     if experiment.steps_per_epoch(task) == 0:
-      raise UserError(f'task {task.index} has {len(experiment.train_indices(task))} training '
+      raise UserError(f'task {task.index} has {experiment.train_count(task)} training '
                       f'images, fewer than train.batch_size={config.train.batch_size}; lower '
                       'the batch size or use more data per class')
   return experiment
@@ -180,10 +198,10 @@ class BatchSampler:
   its own augmentation key from (seed, task, s, position).
   """
 
-  def __init__(self, experiment: Experiment, task: Task):
+  def __init__(self, experiment: Experiment, task: Task, indices: np.ndarray):
     self._images = experiment.dataset.train_images
     self._targets = experiment.train_targets
-    self._indices = experiment.train_indices(task)
+    self._indices = indices
     self._batch_size = experiment.config.train.batch_size
     self._steps_per_epoch = experiment.steps_per_epoch(task)
     self._order_key = experiment.task_key(task, _ORDER)
@@ -385,7 +403,10 @@ def learn_task(experiment: Experiment, task: Task, previous: dict | None,
   augment_kwargs = dict(padding=config.data.crop_padding, flip=config.data.flip,
                         mean=experiment.dataset.mean, std=experiment.dataset.std)
   loss = method.make_loss(task, config)
-  sampler = BatchSampler(experiment, task)
+  indices = experiment.train_indices(task)
+  if method.exemplars and method_state is not None:
+    indices = np.concatenate([indices, method_state['exemplars']])
+  sampler = BatchSampler(experiment, task, indices)
   if replays:
     replay_step = classifier.make_replay_step(model, tx, loss, augment_kwargs, teacher,
                                               _replay_source(experiment, task),
@@ -456,26 +477,90 @@ def consolidate(experiment: Experiment, task: Task, variables: dict, previous: d
                                             importance, config.accumulate)}
 
 
+def select_exemplars(experiment: Experiment, task: Task, variables: dict,
+                     previous: dict | None) -> dict:
+  """iCaRL after `task`: {'exemplars': training-set indices}, the old classes' shrunk to their
+  new quota, the new classes' chosen by herding on the model's features."""
+  quotas = experiment.exemplar_quotas(task)
+  features = _features_step(experiment, task)
+  chosen = {}
+  for c in range(task.num_old, task.num_seen):
+    indices = np.flatnonzero(experiment.train_targets == c)
+    class_features = _in_batches(features, variables, experiment.dataset.train_images[indices],
+                                 experiment.config.eval_batch_size)
+    chosen[c] = indices[exemplars.herding(class_features, int(quotas[c]))]
+  memory = previous['exemplars'] if previous is not None else np.zeros(0, np.int32)
+  return {'exemplars': exemplars.update_memory(memory, experiment.train_targets[memory], quotas,
+                                               range(task.num_old, task.num_seen), chosen)}
+
+
+def _features_step(experiment: Experiment, task: Task, flip: bool = False) -> Callable:
+  return classifier.make_features_step(experiment.model(task.num_seen), experiment.dataset.mean,
+                                       experiment.dataset.std, flip)
+
+
+def _in_batches(step: Callable, variables: dict, images: np.ndarray, batch_size: int) -> np.ndarray:
+  """`step(variables, batch)` over `images` in batches padded to `batch_size`, concatenated."""
+  replicated, outputs = parallel.replicate(variables), []
+  for begin in range(0, len(images), batch_size):
+    chunk = images[begin:begin + batch_size]
+    valid = len(chunk)
+    chunk = np.concatenate([chunk, np.zeros((batch_size - valid,) + chunk.shape[1:], chunk.dtype)])
+    outputs.append(np.asarray(step(replicated, parallel.shard(chunk)))[:valid])
+  return np.concatenate(outputs)
+
+
 def _method_state_like(experiment: Experiment, task: Task) -> dict:
+  if experiment.method.exemplars:
+    return {'exemplars': np.zeros(int(experiment.exemplar_quotas(task).sum()), np.int32)}
   backbone = consolidation.backbone(_variables_like(experiment, task.num_seen)['params'])
   return {'anchor': backbone, 'importance': backbone}
 
 
-def evaluate(experiment: Experiment, task: Task, variables: dict) -> dict:
-  """Predicts every test image of the seen classes; returns the task's metrics."""
+def update_method_state(experiment: Experiment, task: Task, variables: dict,
+                        previous: dict | None) -> tuple[dict | None, dict]:
+  """What the method carries to the next task (EWC/MAS importance, iCaRL's memory),
+  and the seconds it took."""
+  start = time.time()
+  if experiment.method.importance:
+    return consolidate(experiment, task, variables, previous), {'importance': time.time() - start}
+  if experiment.method.exemplars:
+    return select_exemplars(experiment, task, variables, previous), {
+        'exemplars': time.time() - start}
+  return None, {}
+
+
+def nearest_mean_predict(experiment: Experiment, task: Task, variables: dict,
+                         method_state: dict, images: np.ndarray) -> np.ndarray:
+  """iCaRL's classifier: the nearest class mean of the exemplars' normalised features
+  (each mean over the exemplars and their flipped copies)."""
+  memory = method_state['exemplars']
+  batch_size = experiment.config.eval_batch_size
+  stored = experiment.dataset.train_images[memory]
+  features = np.concatenate([_in_batches(_features_step(experiment, task, flip), variables,
+                                         stored, batch_size) for flip in (False, True)])
+  labels = np.tile(experiment.train_targets[memory], 2)
+  means = exemplars.class_means(features, labels, task.num_seen)
+  return exemplars.nearest_mean(
+      _in_batches(_features_step(experiment, task), variables, images, batch_size), means)
+
+
+def evaluate(experiment: Experiment, task: Task, variables: dict,
+             method_state: dict | None = None) -> dict:
+  """Predicts every test image of the seen classes; returns the task's metrics.
+
+  Exemplar methods classify by the nearest mean of exemplars, the others by
+  the argmax of the seen logits.
+  """
   seen = np.flatnonzero((experiment.test_targets >= 0) & (experiment.test_targets < task.num_seen))
   labels = experiment.test_targets[seen]
-  batch_size = experiment.config.eval_batch_size
-  predict = classifier.make_predict_step(experiment.model(task.num_seen),
-                                         experiment.dataset.mean, experiment.dataset.std)
-  replicated = parallel.replicate(variables)
-  predictions = []
-  for begin in range(0, len(seen), batch_size):
-    chunk = experiment.dataset.test_images[seen[begin:begin + batch_size]]
-    valid = len(chunk)
-    chunk = np.concatenate([chunk, np.zeros((batch_size - valid,) + chunk.shape[1:], chunk.dtype)])
-    predictions.append(np.asarray(predict(replicated, parallel.shard(chunk)))[:valid])
-  predictions = np.concatenate(predictions)
+  images = experiment.dataset.test_images[seen]
+  if experiment.method.exemplars:
+    predictions = nearest_mean_predict(experiment, task, variables, method_state, images)
+  else:
+    predict = classifier.make_predict_step(experiment.model(task.num_seen),
+                                           experiment.dataset.mean, experiment.dataset.std)
+    predictions = _in_batches(predict, variables, images, experiment.config.eval_batch_size)
   bounds = [(t.num_old, t.num_seen) for t in experiment.tasks[:task.index + 1]]
   old = labels < task.num_old
   return {
@@ -583,7 +668,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _check_fingerprint(meta['fingerprint'], experiment.fingerprint(), f'workdir {workdir}')
     previous, meta = checkpoints.restore_task(
         last, _variables_like(experiment, experiment.tasks[last].num_seen))
-    if experiment.method.importance:
+    if experiment.method.importance or experiment.method.exemplars:
       method_state = checkpoints.restore_method_state(
           last, _method_state_like(experiment, experiment.tasks[last]))
     results, start = meta['results'], last + 1
@@ -597,20 +682,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for task in experiment.tasks_to_run[start:]:
     logging.info('Task %d/%d: %d classes (%d old), %d training images', task.index,
                  len(experiment.tasks) - 1, task.num_new, task.num_old,
-                 len(experiment.train_indices(task)))
+                 experiment.train_count(task))
     if task.index == 0 and config.init_from:
       previous, results['task0_from'] = _load_task0(experiment, task)
       seconds, throughput = {'classifier': 0.0}, {}
     else:
       previous, seconds, throughput = learn_task(experiment, task, previous, outputs,
                                                  int(offsets[task.index]), method_state)
+    # Before evaluation: iCaRL classifies with the memory that includes the new classes.
+    method_state, method_seconds = update_method_state(experiment, task, previous, method_state)
+    seconds.update(method_seconds)
     eval_start = time.time()
-    metrics = evaluate(experiment, task, previous)
+    metrics = evaluate(experiment, task, previous, method_state)
     seconds['eval'] = time.time() - eval_start
-    if experiment.method.importance:
-      start_time = time.time()
-      method_state = consolidate(experiment, task, previous, method_state)
-      seconds['importance'] = time.time() - start_time
     record_task(results, experiment, metrics, seconds, throughput)
     writer.write_scalars(int(offsets[task.index + 1]), {
         'eval/accuracy': metrics['accuracy'], 'eval/new_accuracy': metrics['new_accuracy'],

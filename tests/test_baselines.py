@@ -1,4 +1,5 @@
-"""LwM, DeepInversion and iCaRL: their pieces against hand-computed values, and smoke runs."""
+"""LwM, DeepInversion and iCaRL: their pieces against hand-computed values, smoke runs,
+and resumption after kill -9."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import optax
 import pytest
 import tensorflow as tf
 
-from mfgr_jax import inversion, losses, train
+from mfgr_jax import exemplars, inversion, losses, train
 from mfgr_jax.methods import lwm
 from mfgr_jax.models.resnet import classify, resnet
 
@@ -163,3 +164,114 @@ def test_deepinversion_killed_mid_synthesis_resumes_identically(tmp_path, deepin
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert 'Resuming task 1 synthesis at step' in rerun.stderr
   assert comparable(load_results(workdir)) == comparable(load_results(deepinversion_run))
+
+
+ICARL_ARGS = ('--config.method=icarl', '--config.icarl.memory_size=41')
+
+
+def test_class_quotas_fill_the_memory_exactly_and_evenly():
+  np.testing.assert_array_equal(exemplars.class_quotas([100, 100, 100], 41), [14, 14, 13])
+  # A class with too few images keeps them all; the others share the rest.
+  np.testing.assert_array_equal(exemplars.class_quotas([5, 100, 100], 41), [5, 18, 18])
+  np.testing.assert_array_equal(exemplars.class_quotas([5, 6], 41), [5, 6])  # everything
+  assert exemplars.class_quotas([96] * 6, 2000).sum() == 6 * 96
+
+
+def test_herding_picks_the_running_mean_closest_to_the_class_mean():
+  features = np.asarray([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.8, 0.6]])
+  order = exemplars.herding(features, 4)
+  # Step 1: the row nearest to the mean (0.6, 0.6); step 2: the row whose
+  # average with it is nearest to the mean.
+  target = features.mean(0)
+  assert order[0] == int(np.argmin(np.linalg.norm(target - features, axis=1)))
+  second = np.linalg.norm(target - (features[order[0]] + features) / 2, axis=1)
+  second[order[0]] = np.inf
+  assert order[1] == int(np.argmin(second))
+  assert sorted(order) == [0, 1, 2, 3]  # each row at most once
+
+
+def test_memory_update_keeps_each_old_class_prefix():
+  memory = np.asarray([10, 11, 12, 20, 21, 22], np.int32)  # classes 0, 0, 0, 1, 1, 1
+  classes = np.asarray([0, 0, 0, 1, 1, 1])
+  new = exemplars.update_memory(memory, classes, np.asarray([2, 2, 2]), [2],
+                                {2: np.asarray([33, 31, 30])})
+  np.testing.assert_array_equal(new, [10, 11, 20, 21, 33, 31])
+
+
+def test_nearest_mean_of_normalised_features():
+  features = np.asarray([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+  means = exemplars.class_means(features, np.asarray([0, 0, 1, 1]), 2)
+  np.testing.assert_allclose(np.linalg.norm(means, axis=1), 1.0)
+  np.testing.assert_allclose(means[0], np.asarray([1.8, 0.6]) / np.hypot(1.8, 0.6))
+  test = np.asarray([[0.96, 0.28], [-0.28, 0.96]])
+  np.testing.assert_array_equal(exemplars.nearest_mean(test, means), [0, 1])
+
+
+def test_icarl_loss_against_hand_values():
+  logits = jnp.asarray([[0.0, 2.0, -1.0]])
+  teacher = jnp.asarray([[1.0]])
+  # Targets: sigmoid(1) on the old output 0, one-hot label 2 on the new outputs.
+  p = 1 / (1 + np.exp(-1.0))
+  bce = lambda z, t: -(t * np.log(1 / (1 + np.exp(-z))) + (1 - t) * np.log(1 - 1 / (1 + np.exp(-z))))
+  expected = bce(0.0, p) + bce(2.0, 0.0) + bce(-1.0, 1.0)
+  np.testing.assert_allclose(losses.icarl_distillation_loss(logits, jnp.asarray([2]), teacher),
+                             expected, rtol=1e-5)
+  # A generated image (label -1) has all-zero new-class targets.
+  expected_generated = bce(0.0, p) + bce(2.0, 0.0) + bce(-1.0, 0.0)
+  np.testing.assert_allclose(losses.icarl_distillation_loss(logits, jnp.asarray([-1]), teacher),
+                             expected_generated, rtol=1e-5)
+
+
+@pytest.fixture(scope='module')
+def icarl_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('icarl')
+  proc = run_main(f'--config={SMOKE}', f'--workdir={workdir}', *ICARL_ARGS)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+def _memory(workdir, task):
+  from mfgr_jax.checkpoints import Checkpoints
+  checkpoints = Checkpoints(workdir / 'checkpoints')
+  memory = checkpoints.restore_method_state(task, None)['exemplars']
+  checkpoints.close()
+  return np.asarray(memory)
+
+
+def test_icarl_memory_has_the_configured_size_balanced_over_seen_classes(icarl_run):
+  from configs import smoke
+  from mfgr_jax.data.synthetic import make_synthetic
+  results = load_results(icarl_run)
+  assert results['method'] == 'icarl' and len(results['accuracy']) == 3
+  labels = make_synthetic(**smoke.get_config().data.synthetic)['train'][1]  # identity order
+  for task, seen in ((0, 2), (1, 4), (2, 6)):
+    memory = _memory(icarl_run, task)
+    assert len(memory) == 41 and len(set(memory.tolist())) == 41
+    counts = np.bincount(labels[memory], minlength=6)[:seen]
+    assert counts.max() - counts.min() <= 1 and counts.sum() == 41
+  # Each old class keeps a prefix of its earlier exemplars (herding order).
+  before, after = _memory(icarl_run, 0), _memory(icarl_run, 1)
+  for c in (0, 1):
+    kept = after[labels[after] == c]
+    np.testing.assert_array_equal(kept, before[labels[before] == c][:len(kept)])
+
+
+def test_icarl_killed_mid_task_resumes_with_its_memory(tmp_path, icarl_run):
+  # Task 2 trains on 192 new images + 41 exemplars: 7 steps an epoch, 21 steps;
+  # tasks 0 and 1 take 18 and 21 steps, so task 2 runs at global steps 40-60.
+  workdir = tmp_path / 'killed'
+  kill_9_after_checkpoint(workdir, 41, 56, f'--config={SMOKE}', *ICARL_ARGS)
+  rerun = run_main(f'--config={SMOKE}', f'--workdir={workdir}', *ICARL_ARGS)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert 'Resuming task 2 at step' in rerun.stderr
+  assert comparable(load_results(workdir)) == comparable(load_results(icarl_run))
+  np.testing.assert_array_equal(_memory(workdir, 2), _memory(icarl_run, 2))
+
+
+def test_icarl_with_generated_images_runs(smoke_config, tmp_path):
+  smoke_config.method = 'icarl_mfgr'
+  smoke_config.icarl.memory_size = 41
+  smoke_config.scenario.num_tasks = 2
+  results = train.run(smoke_config, str(tmp_path))
+  assert results['method'] == 'icarl_mfgr' and results['seconds'][1]['generator'] > 0
+  assert scalars(tmp_path, 'classifier/bce_generated')

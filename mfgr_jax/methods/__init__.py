@@ -56,6 +56,9 @@ class Method:
   # The method's own config section (its hyperparameters; part of the
   # checkpoint fingerprint), '' if none.
   config_section: str = ''
+  # Methods with an exemplar memory (iCaRL): its size is in the config section;
+  # the memory joins the new data in training and classifies by nearest mean.
+  exemplars: bool = False
   # Methods with an importance-weighted penalty on the backbone (EWC, MAS):
   # how importance is measured; its weight and merging are in the config section.
   importance: Importance | None = None
@@ -63,8 +66,9 @@ class Method:
 
 def get_method(name: str) -> Method:
   # Imported here so that method modules can import this one for `Method`.
-  from mfgr_jax.methods import deepinversion, ewc, finetune, lwf, lwm, mas, mfgr, oracle  # pylint: disable=g-import-not-at-top
-  registry = {m.name: m for module in (deepinversion, ewc, finetune, lwf, lwm, mas, mfgr, oracle)
+  from mfgr_jax.methods import deepinversion, ewc, finetune, icarl, lwf, lwm, mas, mfgr, oracle  # pylint: disable=g-import-not-at-top
+  registry = {m.name: m for module in (deepinversion, ewc, finetune, icarl, lwf, lwm, mas, mfgr,
+                                       oracle)
               for m in module.METHODS}
   if name not in registry:
     raise UserError(f'unknown method {name!r}; choose one of {", ".join(sorted(registry))} '
