@@ -42,19 +42,18 @@ def init_train_state(params: Any, batch_stats: Any, tx: optax.GradientTransforma
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn: ClassifierLoss,
-                    augment_kwargs: dict, teacher: nn.Module | None = None,
-                    penalty: Callable[[Any, Any], jax.Array] | None = None) -> Callable:
-  """Returns a data-parallel `step(state, teacher_vars, batch, penalty_state) -> (state, metrics)`.
+                    augment_kwargs: dict, teacher: nn.Module | None = None) -> Callable:
+  """Returns a data-parallel `step(state, teacher_vars, batch, carried) -> (state, metrics)`.
 
   `batch` holds uint8 `image`, output-index `label` and one PRNG key per
   example (`aug_key`). The teacher, if any, runs in eval mode on the same
-  augmented images and is never differentiated. `penalty(params,
-  penalty_state)`, if given, is added to the loss (EWC, MAS); pass None as
-  `teacher_vars` / `penalty_state` when unused.
+  augmented images and is never differentiated. `carried` is what the method
+  carried from earlier tasks (replicated; e.g. EWC's anchor and importance),
+  passed to the loss; pass None as `teacher_vars` / `carried` when unused.
   """
 
   def step(state: TrainState, teacher_vars: Any, batch: dict,
-           penalty_state: Any) -> tuple[TrainState, dict]:
+           carried: Any) -> tuple[TrainState, dict]:
     images = augment(batch['image'], batch['aug_key'], **augment_kwargs)
     teacher_out = None
     if teacher is not None:
@@ -63,10 +62,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn:
     def loss_and_stats(params):
       out, batch_stats = classify(model, {'params': params, 'batch_stats': state.batch_stats},
                                   images, train=True)
-      loss, metrics = loss_fn(out, batch['label'], teacher_out)
-      if penalty is not None:
-        metrics = {**metrics, 'penalty': penalty(params, penalty_state)}
-        loss = loss + metrics['penalty']
+      loss, metrics = loss_fn(out, batch['label'], teacher_out, carried)
       accuracy = jnp.mean(jnp.argmax(out.logits, -1) == batch['label'])
       return loss, (batch_stats, {**metrics, 'loss': loss, 'train_accuracy': accuracy})
 

@@ -417,12 +417,10 @@ def learn_task(experiment: Experiment, task: Task, previous: dict | None,
                                               parallel.shard(sampler(step)), replay_key)
     payload = lambda state: {'classifier': state, 'replay': replay_on_devices}
   else:
-    penalty = (consolidation.make_penalty(config[method.config_section])
-               if method.importance and method_state is not None else None)
-    train_step = classifier.make_train_step(model, tx, loss, augment_kwargs, teacher, penalty)
-    penalty_state = parallel.replicate(method_state) if penalty is not None else None
+    train_step = classifier.make_train_step(model, tx, loss, augment_kwargs, teacher)
+    carried = parallel.replicate(method_state) if method_state is not None else None
     step_fn = lambda state, step: train_step(state, teacher_vars, parallel.shard(sampler(step)),
-                                             penalty_state)
+                                             carried)
     payload = lambda state: {'classifier': state}
   state, steps_per_second = _run_stage(
       'classifier', experiment, task, outputs, step_fn, parallel.replicate(state), total_steps,

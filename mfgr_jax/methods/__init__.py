@@ -7,7 +7,7 @@ shared across methods, as in the paper.
 """
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -18,8 +18,9 @@ from mfgr_jax.scenario import Task
 
 # (the model's outputs, logits over the seen classes; output-index labels; the
 # frozen previous model's outputs on the same images, logits over the old
-# classes, or None) -> (loss, metrics). Runs inside the jitted step.
-ClassifierLoss = Callable[[Forward, jax.Array, Forward | None],
+# classes, or None; what the method carried from earlier tasks, or None)
+# -> (loss, metrics). Runs inside the jitted step.
+ClassifierLoss = Callable[[Forward, jax.Array, Forward | None, Any],
                           tuple[jax.Array, dict[str, jax.Array]]]
 # Replay (stage II): (outputs on the real batch, labels, teacher outputs on it,
 # outputs on the replayed batch, teacher outputs on it) -> (loss, metrics).

@@ -13,21 +13,29 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mfgr_jax import losses
+from mfgr_jax import consolidation, losses
 from mfgr_jax.methods import ClassifierLoss, Importance, Method
 from mfgr_jax.scenario import Task
 
 
-def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
-  """Cut CE; the penalty is added by the train step (`consolidation.make_penalty`)."""
-  del config
+def make_penalised_loss(section: str):
+  """`make_loss` of a quadratic-penalty method whose config section is `section`:
+  cut CE + the penalty (`consolidation.make_penalty`) once a task has been consolidated."""
 
-  def loss(out, labels, teacher):
-    del teacher
-    ce = losses.cut_cross_entropy(out.logits, labels, task.num_old)
-    return ce, {'ce': ce}
+  def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
+    penalty = consolidation.make_penalty(config[section])
 
-  return loss
+    def loss(out, labels, teacher, carried):
+      del teacher
+      ce = losses.cut_cross_entropy(out.logits, labels, task.num_old)
+      if carried is None:  # task 0
+        return ce, {'ce': ce}
+      value = penalty(out.params, carried)
+      return ce + value, {'ce': ce, 'penalty': value}
+
+    return loss
+
+  return make_loss
 
 
 def log_likelihood_of_prediction(logits: jax.Array) -> jax.Array:
@@ -35,7 +43,8 @@ def log_likelihood_of_prediction(logits: jax.Array) -> jax.Array:
   return jax.nn.log_softmax(logits)[jnp.argmax(jax.lax.stop_gradient(logits))]
 
 
-METHODS = (Method('ewc', uses_teacher=False, trains_on_all_seen=False, make_loss=make_loss,
+METHODS = (Method('ewc', uses_teacher=False, trains_on_all_seen=False,
+                  make_loss=make_penalised_loss('ewc'),
                   config_section='ewc',
                   importance=Importance(lambda task, config: log_likelihood_of_prediction,
                                         jnp.square)),)

@@ -28,7 +28,8 @@ def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
   if not task.num_old:
     return finetune.make_loss(task, config)
 
-  def loss(out, labels, teacher):
+  def loss(out, labels, teacher, carried):
+    del carried  # the memory only selects the training images
     value = losses.icarl_distillation_loss(out.logits, labels, teacher.logits)
     return value, {'bce': value}
 

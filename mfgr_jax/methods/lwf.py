@@ -15,7 +15,8 @@ from mfgr_jax.scenario import Task
 def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
   weight = task.num_old / task.num_seen
 
-  def loss(out, labels, teacher):
+  def loss(out, labels, teacher, carried):
+    del carried
     ce = losses.cut_cross_entropy(out.logits, labels, task.num_old)
     if not task.num_old:
       return ce, {'ce': ce}

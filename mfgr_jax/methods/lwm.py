@@ -41,8 +41,8 @@ def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
   if not task.num_old:
     return lwf_loss
 
-  def loss(out, labels, teacher):
-    total, metrics = lwf_loss(out, labels, teacher)
+  def loss(out, labels, teacher, carried):
+    total, metrics = lwf_loss(out, labels, teacher, carried)
     classes = jnp.argmax(teacher.logits, axis=-1)
     attention = losses.attention_distillation_loss(grad_cam(out, classes),
                                                    grad_cam(teacher, classes))

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mfgr_jax.methods import Importance, Method
-from mfgr_jax.methods.ewc import make_loss
+from mfgr_jax.methods.ewc import make_penalised_loss
 from mfgr_jax.scenario import Task
 
 
@@ -32,5 +32,6 @@ def make_output_norm(task: Task, config: ml_collections.ConfigDict):
   raise ValueError(f"mas.output_norm must be 'l2', 'squared_l2' or 'muc', got {config.output_norm!r}")
 
 
-METHODS = (Method('mas', uses_teacher=False, trains_on_all_seen=False, make_loss=make_loss,
+METHODS = (Method('mas', uses_teacher=False, trains_on_all_seen=False,
+                  make_loss=make_penalised_loss('mas'),
                   config_section='mas', importance=Importance(make_output_norm, jnp.abs)),)
