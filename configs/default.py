@@ -67,6 +67,14 @@ def get_config() -> ml_collections.ConfigDict:
   # split as evenly as possible and chosen by herding (iCaRL's K = 2000).
   config.icarl = ml_collections.ConfigDict(dict(memory_size=2000))
 
+  # MUC (muc_lwf): side classifiers per task on frozen features, with a
+  # discrepancy term on the training images of `auxiliary` (a `data.name`; SVHN
+  # in the paper; synthetic ones are made in the main dataset's shape). MUC's
+  # recipe: 3 heads, 80 epochs, SGD 0.1 divided by 10 at 1/2, 3/4 and 7/8.
+  config.muc = ml_collections.ConfigDict(dict(
+      auxiliary='synthetic', side_heads=3, side_epochs=80, side_learning_rate=0.1,
+      side_batch_size=128))
+
   # Stage I of the generator methods (mfgr, lwf_g_bn, g_bn, lwf_g_base): a fresh
   # DAFL generator per incremental task, trained against the frozen old model.
   # The paper's CIFAR setting: 60000 steps at batch 512.

@@ -181,15 +181,17 @@ def make_predict_step(model: nn.Module, mean: tuple[float, ...], std: tuple[floa
 
 
 def make_features_step(model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
-                       flip: bool = False) -> Callable:
-  """Returns a data-parallel `features(variables, images)`: L2-normalised pooled features
-  (eval mode) of the images, or of their horizontal flips."""
+                       flip: bool = False, l2_normalise: bool = True) -> Callable:
+  """Returns a data-parallel `features(variables, images)`: the pooled features (eval
+  mode) of the images, or of their horizontal flips, L2-normalised unless told not to."""
 
   def features(variables: Any, images: jax.Array) -> jax.Array:
     images = normalize(images, mean, std)
     if flip:
       images = images[:, :, ::-1]
     _, pooled = model.apply(variables, images, train=False)
+    if not l2_normalise:
+      return pooled
     return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
 
   return parallel.data_parallel(features, in_specs=(parallel.REPLICATED, parallel.SHARDED),

@@ -28,6 +28,7 @@ from mfgr_jax import exemplars
 from mfgr_jax import inversion
 from mfgr_jax import parallel
 from mfgr_jax import report
+from mfgr_jax import side_classifiers
 from mfgr_jax.checkpoints import Checkpoints
 from mfgr_jax.data.loading import Dataset, load_dataset, subsample_per_class
 from mfgr_jax.errors import UserError
@@ -37,7 +38,8 @@ from mfgr_jax.models.resnet import resnet, widen_head
 from mfgr_jax.scenario import Task, class_order, listed_classes, make_tasks
 
 # Sub-streams of a task's key (jax.random.fold_in), one per use.
-_INIT, _HEAD, _ORDER, _AUGMENT, _GENERATOR_INIT, _GENERATOR_STEPS, _REPLAY, _SAMPLES = range(8)
+(_INIT, _HEAD, _ORDER, _AUGMENT, _GENERATOR_INIT, _GENERATOR_STEPS, _REPLAY, _SAMPLES,
+ _SIDE_HEADS) = range(9)
 
 
 @dataclasses.dataclass
@@ -51,6 +53,7 @@ class Experiment:
   tasks: list[Task]  # the whole scenario, also when `config.scenario.num_tasks` stops early
   train_targets: np.ndarray  # output index of each training image
   test_targets: np.ndarray
+  auxiliary: Dataset | None = None  # MUC's unlabelled images
 
   @property
   def tasks_to_run(self) -> list[Task]:
@@ -127,6 +130,8 @@ class Experiment:
       fingerprint['penalty'] = self.config[self.method.config_section].to_dict()
     if self.method.exemplars:
       fingerprint['memory'] = self.config.icarl.memory_size
+    if self.method.side_classifiers:
+      fingerprint['side_classifiers'] = self.config.muc.to_dict()
     return fingerprint
 
 
@@ -166,7 +171,8 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
   output_of_label[order] = np.arange(len(order))
   experiment = Experiment(config, workdir, method, dataset, order, tasks,
                           output_of_label[dataset.train_labels],
-                          output_of_label[dataset.test_labels])
+                          output_of_label[dataset.test_labels],
+                          _load_auxiliary(config, dataset) if method.side_classifiers else None)
   if method.synthesis == 'generator':
     height, width, _ = dataset.image_shape
     if height != width:
@@ -187,6 +193,20 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
                       f'images, fewer than train.batch_size={config.train.batch_size}; lower '
                       'the batch size or use more data per class')
   return experiment
+
+
+def _load_auxiliary(config: ml_collections.ConfigDict, dataset: Dataset) -> Dataset:
+  """MUC's unlabelled images: `muc.auxiliary`, read like `data` (synthetic ones in
+  the main dataset's shape)."""
+  auxiliary = ml_collections.ConfigDict(config.data.to_dict())
+  auxiliary.name = config.muc.auxiliary
+  auxiliary.synthetic.image_size, _, auxiliary.synthetic.channels = dataset.image_shape
+  loaded = load_dataset(auxiliary, None)
+  if loaded.image_shape != dataset.image_shape:
+    raise UserError(f'muc.auxiliary={auxiliary.name!r} has {loaded.image_shape} images but '
+                    f'{dataset.name} has {dataset.image_shape}; choose another dataset or set '
+                    '--config.data.image_size')
+  return loaded
 
 
 class BatchSampler:
@@ -492,9 +512,27 @@ def select_exemplars(experiment: Experiment, task: Task, variables: dict,
                                                range(task.num_old, task.num_seen), chosen)}
 
 
-def _features_step(experiment: Experiment, task: Task, flip: bool = False) -> Callable:
+def _features_step(experiment: Experiment, task: Task, flip: bool = False,
+                   l2_normalise: bool = True) -> Callable:
   return classifier.make_features_step(experiment.model(task.num_seen), experiment.dataset.mean,
-                                       experiment.dataset.std, flip)
+                                       experiment.dataset.std, flip, l2_normalise)
+
+
+def train_side_classifiers(experiment: Experiment, task: Task, variables: dict) -> dict:
+  """MUC after `task`: {'side_heads'} trained on its classes' frozen features."""
+  features = _features_step(experiment, task, l2_normalise=False)
+  batch_size = experiment.config.eval_batch_size
+  indices = experiment.train_indices(task)
+  if experiment.method.trains_on_all_seen:
+    indices = indices[experiment.train_targets[indices] >= task.num_old]
+  heads, metrics = side_classifiers.train_side_heads(
+      _in_batches(features, variables, experiment.dataset.train_images[indices], batch_size),
+      experiment.train_targets[indices] - task.num_old,
+      _in_batches(features, variables, experiment.auxiliary.train_images, batch_size),
+      experiment.config.muc, experiment.task_key(task, _SIDE_HEADS))
+  logging.info('task %d side classifiers: %s', task.index,
+               ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
+  return {'side_heads': heads}
 
 
 def _in_batches(step: Callable, variables: dict, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -509,6 +547,12 @@ def _in_batches(step: Callable, variables: dict, images: np.ndarray, batch_size:
 
 
 def _method_state_like(experiment: Experiment, task: Task) -> dict:
+  if experiment.method.side_classifiers:
+    params = _variables_like(experiment, task.num_seen)['params']
+    feature_dim = params['head']['linear']['dense']['kernel'].shape[0]
+    heads = experiment.config.muc.side_heads
+    return {'side_heads': {'kernel': np.zeros((heads, feature_dim, task.num_new), np.float32),
+                           'bias': np.zeros((heads, task.num_new), np.float32)}}
   if experiment.method.exemplars:
     return {'exemplars': np.zeros(int(experiment.exemplar_quotas(task).sum()), np.int32)}
   backbone = consolidation.backbone(_variables_like(experiment, task.num_seen)['params'])
@@ -525,6 +569,9 @@ def update_method_state(experiment: Experiment, task: Task, variables: dict,
   if experiment.method.exemplars:
     return select_exemplars(experiment, task, variables, previous), {
         'exemplars': time.time() - start}
+  if experiment.method.side_classifiers:
+    return train_side_classifiers(experiment, task, variables), {
+        'side_classifiers': time.time() - start}
   return None, {}
 
 
@@ -666,7 +713,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _check_fingerprint(meta['fingerprint'], experiment.fingerprint(), f'workdir {workdir}')
     previous, meta = checkpoints.restore_task(
         last, _variables_like(experiment, experiment.tasks[last].num_seen))
-    if experiment.method.importance or experiment.method.exemplars:
+    if experiment.method.importance or experiment.method.exemplars or (
+        experiment.method.side_classifiers):
       method_state = checkpoints.restore_method_state(
           last, _method_state_like(experiment, experiment.tasks[last]))
     results, start = meta['results'], last + 1

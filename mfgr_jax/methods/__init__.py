@@ -60,6 +60,9 @@ class Method:
   # Methods with an exemplar memory (iCaRL): its size is in the config section;
   # the memory joins the new data in training and classifies by nearest mean.
   exemplars: bool = False
+  # MUC: side classifiers trained after each task (config section `muc`), carried
+  # to the next task for the loss.
+  side_classifiers: bool = False
   # Methods with an importance-weighted penalty on the backbone (EWC, MAS):
   # how importance is measured; its weight and merging are in the config section.
   importance: Importance | None = None
@@ -67,9 +70,9 @@ class Method:
 
 def get_method(name: str) -> Method:
   # Imported here so that method modules can import this one for `Method`.
-  from mfgr_jax.methods import deepinversion, ewc, finetune, icarl, lwf, lwm, mas, mfgr, oracle  # pylint: disable=g-import-not-at-top
+  from mfgr_jax.methods import deepinversion, ewc, finetune, icarl, lwf, lwm, mas, mfgr, muc, oracle  # pylint: disable=g-import-not-at-top
   registry = {m.name: m for module in (deepinversion, ewc, finetune, icarl, lwf, lwm, mas, mfgr,
-                                       oracle)
+                                       muc, oracle)
               for m in module.METHODS}
   if name not in registry:
     raise UserError(f'unknown method {name!r}; choose one of {", ".join(sorted(registry))} '
