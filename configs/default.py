@@ -2,7 +2,8 @@
 
 Sized for a 2-core CPU: LwF or finetune finish in about 9 minutes, MFGR (a
 300-step generator per incremental task) in about half an hour. Switch the
-method with `--config.method=finetune|lwf|oracle|ewc|mas|mfgr|lwf_g_bn|g_bn|lwf_g_base`.
+method with `--config.method=...`: finetune, lwf, oracle, ewc, mas, lwm, muc_lwf, icarl,
+mfgr, lwf_g_bn, g_bn, lwf_g_base, deepinversion, icarl_mfgr (README, "Methods").
 """
 
 import ml_collections

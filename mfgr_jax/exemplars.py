@@ -64,6 +64,15 @@ def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> n
   return sums / np.maximum(norms, 1e-12)
 
 
+def flip_averaged_means(features: np.ndarray, flipped_features: np.ndarray, labels: np.ndarray,
+                        num_classes: int) -> np.ndarray:
+  """iCaRL's class means: the normalised average of the class means of the exemplars
+  and of their flipped copies (all features L2-normalised)."""
+  return class_means(np.concatenate([class_means(features, labels, num_classes),
+                                     class_means(flipped_features, labels, num_classes)]),
+                     np.tile(np.arange(num_classes), 2), num_classes)
+
+
 def nearest_mean(features: np.ndarray, means: np.ndarray) -> np.ndarray:
   """Class of the nearest mean to each (L2-normalised) feature: for unit vectors
   the smallest Euclidean distance is the largest inner product."""

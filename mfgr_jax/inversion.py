@@ -164,11 +164,22 @@ def jitter(images: jax.Array, key: jax.Array, max_shift: int, flip: bool) -> jax
   return jnp.where(jax.random.bernoulli(flip_key), images[:, :, ::-1], images)
 
 
+def pool_size(config: ml_collections.ConfigDict) -> int:
+  """Images in DeepInversion's pool (`config`: the `deepinversion` section)."""
+  return config.batches * config.batch_size
+
+
+def make_pixel_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam on the pixels, DeepInversion's optimiser; restarted for every batch."""
+  return optax.adam(config.learning_rate)
+
+
 def init_pixel_state(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
                      tx: optax.GradientTransformation) -> PixelState:
+  """Step 0, an empty pool; the first step draws the first batch's pixels."""
   pixels = jnp.zeros((config.batch_size,) + tuple(image_shape), jnp.float32)
   return PixelState(step=jnp.zeros((), jnp.int32), pixels=pixels, opt_state=tx.init(pixels),
-                    pool=jnp.zeros((config.batches * config.batch_size,) + tuple(image_shape)))
+                    pool=jnp.zeros((pool_size(config),) + tuple(image_shape)))
 
 
 def make_pixel_step(teacher: nn.Module, tx: optax.GradientTransformation,
@@ -176,10 +187,11 @@ def make_pixel_step(teacher: nn.Module, tx: optax.GradientTransformation,
   """DeepInversion: returns `step(state, teacher_vars, key) -> (state, metrics)`, jitted.
 
   Step s optimises batch b = s // iterations of the pool: at its first
-  iteration the pixels start from N(0, 1) noise of `fold_in(key, b)` with a
-  fresh Adam state; every iteration takes one Adam step on the DeepInversion
-  loss of the jittered batch, whose targets cycle through the old classes
-  (class-balanced); at its last the batch is written into the pool.
+  iteration the pixels start from N(0, 1) noise keyed by b with a fresh
+  optimiser state; every iteration takes one step on the DeepInversion loss of
+  the jittered batch; at its last the batch is written into the pool. Image i
+  of the pool has target class i mod `num_classes`, so the pool is class-
+  balanced (exactly, when its size is a multiple of the classes).
   """
   weights = {t: config.weights[t] for t in DEEPINVERSION_TERMS}
 
@@ -206,19 +218,20 @@ def make_pixel_step(teacher: nn.Module, tx: optax.GradientTransformation,
       per_device, in_specs=(parallel.SHARDED, opt_specs, parallel.REPLICATED, parallel.SHARDED,
                             parallel.REPLICATED),
       out_specs=(parallel.SHARDED, opt_specs, parallel.REPLICATED))
-  targets = jnp.arange(config.batch_size) % num_classes
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def step(state, teacher_vars, key):
     batch, iteration = jnp.divmod(state.step, config.iterations)
+    noise_key, jitter_key = jax.random.split(jax.random.fold_in(key, batch))
     start = iteration == 0
-    fresh = parallel.sharded_normal(jax.random.fold_in(key, batch), state.pixels.shape)
+    fresh = parallel.sharded_normal(noise_key, state.pixels.shape)
     pixels = jnp.where(start, fresh, state.pixels)
     opt_state = jax.tree.map(lambda new, old: jnp.where(start, new, old), tx.init(pixels),
                              state.opt_state)
-    pixels, opt_state, metrics = mapped(
-        pixels, opt_state, teacher_vars, parallel.sharded(targets),
-        jax.random.fold_in(jax.random.fold_in(key, batch), iteration + 1))
+    targets = (batch * config.batch_size + jnp.arange(config.batch_size)) % num_classes
+    pixels, opt_state, metrics = mapped(pixels, opt_state, teacher_vars,
+                                        parallel.sharded(targets),
+                                        jax.random.fold_in(jitter_key, iteration))
     written = jax.lax.dynamic_update_slice_in_dim(state.pool, pixels,
                                                   batch * config.batch_size, axis=0)
     pool = jnp.where(iteration == config.iterations - 1, written, state.pool)

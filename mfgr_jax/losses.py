@@ -71,6 +71,12 @@ def activation_loss(features: jax.Array) -> jax.Array:
   return -jnp.mean(jnp.abs(features))
 
 
+def _neighbour_differences(images: jax.Array) -> tuple[jax.Array, ...]:
+  """Differences of NHWC images with their right, lower and two diagonal neighbours."""
+  return (images[:, :, :-1] - images[:, :, 1:], images[:, :-1] - images[:, 1:],
+          images[:, 1:, :-1] - images[:, :-1, 1:], images[:, :-1, :-1] - images[:, 1:, 1:])
+
+
 def signed_difference_loss(images: jax.Array) -> jax.Array:
   """The code's "TV" term: mean of |mean signed neighbour difference| over 4 directions.
 
@@ -78,9 +84,7 @@ def signed_difference_loss(images: jax.Array) -> jax.Array:
   nearly a border term; kept because the official code trains with it (x10).
   `images` is NHWC.
   """
-  differences = (images[:, :, :-1] - images[:, :, 1:], images[:, :-1] - images[:, 1:],
-                 images[:, 1:, :-1] - images[:, :-1, 1:], images[:, :-1, :-1] - images[:, 1:, 1:])
-  return sum(jnp.abs(jnp.mean(d)) for d in differences) / 4.0
+  return sum(jnp.abs(jnp.mean(d)) for d in _neighbour_differences(images)) / 4.0
 
 
 def _safe_norm(x: jax.Array) -> jax.Array:
@@ -105,9 +109,7 @@ def bn_statistics_loss(layers: list[dict[str, jax.Array]]) -> jax.Array:
 def total_variation_l2_loss(images: jax.Array) -> jax.Array:
   """DeepInversion's TV prior: the sum over 4 neighbour directions of the L2 norm
   of the whole batch's differences (NHWC; not a batch mean, as DeepInversion)."""
-  differences = (images[:, :, :-1] - images[:, :, 1:], images[:, :-1] - images[:, 1:],
-                 images[:, 1:, :-1] - images[:, :-1, 1:], images[:, :-1, :-1] - images[:, 1:, 1:])
-  return sum(_safe_norm(d) for d in differences)
+  return sum(_safe_norm(d) for d in _neighbour_differences(images))
 
 
 def l2_prior_loss(images: jax.Array) -> jax.Array:
@@ -145,14 +147,15 @@ def attention_distillation_loss(student_maps: jax.Array, teacher_maps: jax.Array
   """
   def normalised(maps):
     flat = maps.reshape(maps.shape[0], -1)
-    return flat / jnp.maximum(jnp.linalg.norm(flat, axis=-1, keepdims=True), 1e-12)
+    return flat / jnp.maximum(jax.vmap(_safe_norm)(flat)[:, None], 1e-12)
   difference = normalised(student_maps) - normalised(jax.lax.stop_gradient(teacher_maps))
   return jnp.mean(jnp.sum(jnp.abs(difference), axis=-1))
 
 
 def icarl_distillation_loss(logits: jax.Array, targets: jax.Array,
                             teacher_logits: jax.Array | None) -> jax.Array:
-  """iCaRL's sigmoid loss: binary CE of every seen logit, summed over classes, batch mean.
+  """iCaRL's sigmoid loss: binary CE of every seen logit, mean over images and classes
+  (as the official code and FACIL).
 
   Targets are one-hot over the seen classes (`targets`: output index, or -1 for
   an image of no new class, e.g. a generated one), except that the old-class
@@ -163,4 +166,4 @@ def icarl_distillation_loss(logits: jax.Array, targets: jax.Array,
   if teacher_logits is not None:
     old = teacher_logits.shape[-1]
     labels = labels.at[:, :old].set(jax.nn.sigmoid(jax.lax.stop_gradient(teacher_logits)))
-  return jnp.mean(jnp.sum(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1))
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))

@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from mfgr_jax import classifier
 from mfgr_jax import consolidation
@@ -39,7 +38,7 @@ from mfgr_jax.scenario import Task, class_order, listed_classes, make_tasks
 
 # Sub-streams of a task's key (jax.random.fold_in), one per use.
 (_INIT, _HEAD, _ORDER, _AUGMENT, _GENERATOR_INIT, _GENERATOR_STEPS, _REPLAY, _SAMPLES,
- _SIDE_HEADS) = range(9)
+ _SIDE_HEADS, _SYNTHESIS) = range(10)
 
 
 @dataclasses.dataclass
@@ -124,14 +123,10 @@ class Experiment:
                    'class_order': self.order,
                    'tasks': [list(t.classes) for t in self.tasks], 'method': self.method.name,
                    'model': self.config.model.to_dict()}
-    if self.method.synthesis:
-      fingerprint[self.method.synthesis] = self.config[self.method.synthesis].to_dict()
-    if self.method.importance:
-      fingerprint['penalty'] = self.config[self.method.config_section].to_dict()
-    if self.method.exemplars:
-      fingerprint['memory'] = self.config.icarl.memory_size
-    if self.method.side_classifiers:
-      fingerprint['side_classifiers'] = self.config.muc.to_dict()
+    for section in (self.method.synthesis, self.method.config_section,
+                    'distillation' if self.method.uses_teacher else ''):
+      if section:
+        fingerprint[section] = self.config[section].to_dict()
     return fingerprint
 
 
@@ -141,12 +136,15 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
     resnet(config.model.depth, 1, config.model.width, config.model.stem)
   except ValueError as e:
     raise UserError(f'model: {e}; fix --config.model.*') from None
+  _check_positive(config, ('train.batch_size', 'eval_batch_size', 'log_every_steps',
+                           'checkpoint_every_steps'))
   parallel.check_divisible(config.train.batch_size, 'train.batch_size')
   parallel.check_divisible(config.eval_batch_size, 'eval_batch_size')
   if method.synthesis:
     _check_synthesis_config(config, method)
-  if method.exemplars and config.icarl.memory_size <= 0:
-    raise UserError(f'icarl.memory_size={config.icarl.memory_size} must be positive')
+  if method.side_classifiers:
+    _check_positive(config, ('muc.side_heads', 'muc.side_epochs', 'muc.side_batch_size',
+                             'muc.side_learning_rate'))
   if method.importance:
     section = config[method.config_section]
     parallel.check_divisible(section.importance_batch_size,
@@ -187,6 +185,15 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
     for task in experiment.tasks_to_run[1:]:
       parallel.check_divisible(experiment.generated_batch_size(task),
                                f'the generated batch of task {task.index}')
+  if method.exemplars and config.icarl.memory_size < len(order):
+    raise UserError(f'icarl.memory_size={config.icarl.memory_size} leaves some of the '
+                    f'{len(order)} classes without exemplars; use at least {len(order)}')
+  if method.synthesis == 'deepinversion':
+    most_old = max((t.num_old for t in experiment.tasks_to_run), default=0)
+    if inversion.pool_size(config.deepinversion) < most_old:
+      raise UserError(f'the deepinversion pool ({inversion.pool_size(config.deepinversion)} '
+                      f'images) cannot hold one image of each of {most_old} old classes; raise '
+                      '--config.deepinversion.batches or .batch_size')
   for task in experiment.tasks_to_run:
     if experiment.steps_per_epoch(task) == 0:
       raise UserError(f'task {task.index} has {experiment.train_count(task)} training '
@@ -309,32 +316,44 @@ def record_knowledge(experiment: Experiment, task: Task, teacher_vars: Any, outp
   return record(experiment, task, teacher_vars, outputs, resume, seconds, global_offset)
 
 
+def _run_stage_one(stage: str, experiment: Experiment, task: Task, outputs: _Outputs,
+                   resume: dict | None, seconds: dict, global_offset: int, state: Any,
+                   step: Callable[[Any], tuple[Any, dict]],
+                   log_every: int) -> tuple[Any, float | None]:
+  """Runs stage I's `state = step(state)` to the end from `state` or its progress
+  checkpoint; returns the final state (on devices) and steps per second."""
+  if resume is not None:
+    state = outputs.checkpoints.restore_progress({stage: parallel.to_host(state)})[stage]
+    logging.info('Resuming task %d %s at step %d', task.index, stage, int(state.step))
+  first_step, total_steps = int(state.step), experiment.synthesis_steps(task)
+  state, steps_per_second = _run_stage(
+      stage, experiment, task, outputs, lambda state, _: step(state), parallel.replicate(state),
+      total_steps, global_offset, lambda state: {stage: state}, seconds, log_every)
+  if first_step < total_steps:  # a finished stage I survives a kill during stage II
+    outputs.checkpoints.save_progress(global_offset + total_steps, {stage: state}, {
+        'task': task.index, 'stage': stage, 'step': total_steps, 'seconds': seconds})
+  return state, steps_per_second
+
+
 def train_generator(experiment: Experiment, task: Task, teacher_vars: Any, outputs: _Outputs,
                     resume: dict | None, seconds: dict, global_offset: int) -> tuple[Any, dict]:
   """MFGR's stage I: trains a fresh generator against the frozen old model; returns its params."""
   config = experiment.config.generator
   generator, teacher = experiment.generator(), experiment.model(task.num_old)
   tx = inversion.make_optimizer(config)
-  state = inversion.init_state(generator, experiment.task_key(task, _GENERATOR_INIT), tx)
-  if resume is not None:
-    state = outputs.checkpoints.restore_progress({'generator': parallel.to_host(state)})['generator']
-    logging.info('Resuming task %d generator at step %d', task.index, int(state.step))
-  first_step, total_steps = int(state.step), experiment.synthesis_steps(task)
   step = inversion.make_generator_step(generator, teacher, tx, config,
                                        experiment.method.generator_terms)
   key = experiment.task_key(task, _GENERATOR_STEPS)
-  state, steps_per_second = _run_stage(
-      'generator', experiment, task, outputs, lambda state, _: step(state, teacher_vars, key),
-      parallel.replicate(state), total_steps, global_offset, lambda state: {'generator': state},
-      seconds, config.log_every_steps)
-  if first_step < total_steps:  # a finished stage I survives a kill during stage II
-    outputs.checkpoints.save_progress(global_offset + total_steps, {'generator': state}, {
-        'task': task.index, 'stage': 'generator', 'step': total_steps, 'seconds': seconds})
+  state, steps_per_second = _run_stage_one(
+      'generator', experiment, task, outputs, resume, seconds, global_offset,
+      inversion.init_state(generator, experiment.task_key(task, _GENERATOR_INIT), tx),
+      lambda state: step(state, teacher_vars, key), config.log_every_steps)
   params = parallel.to_host(state.params)
   count = config.batch_size  # the batch size its BN statistics expect
   samples = inversion.make_sampler(generator, count)(parallel.replicate(params),
                                                      experiment.task_key(task, _SAMPLES))
-  _write_samples(experiment, task, samples, outputs, global_offset + total_steps)
+  _write_samples(experiment, task, samples, outputs,
+                 global_offset + experiment.synthesis_steps(task))
   return params, {'generator_images_per_second': (
       steps_per_second * config.batch_size if steps_per_second else None)}
 
@@ -343,24 +362,15 @@ def synthesise_pixels(experiment: Experiment, task: Task, teacher_vars: Any, out
                       resume: dict | None, seconds: dict, global_offset: int) -> tuple[Any, dict]:
   """DeepInversion's stage I: optimises a pool of images against the frozen old model."""
   config = experiment.config.deepinversion
-  teacher = experiment.model(task.num_old)
-  tx = optax.adam(config.learning_rate)
-  state = inversion.init_pixel_state(config, experiment.dataset.image_shape, tx)
-  if resume is not None:
-    state = outputs.checkpoints.restore_progress({'synthesis': parallel.to_host(state)})['synthesis']
-    logging.info('Resuming task %d synthesis at step %d', task.index, int(state.step))
-  first_step, total_steps = int(state.step), experiment.synthesis_steps(task)
-  step = inversion.make_pixel_step(teacher, tx, config, task.num_old)
-  key = experiment.task_key(task, _GENERATOR_STEPS)
-  state, steps_per_second = _run_stage(
-      'synthesis', experiment, task, outputs, lambda state, _: step(state, teacher_vars, key),
-      parallel.replicate(state), total_steps, global_offset, lambda state: {'synthesis': state},
-      seconds, config.log_every_steps)
-  if first_step < total_steps:
-    outputs.checkpoints.save_progress(global_offset + total_steps, {'synthesis': state}, {
-        'task': task.index, 'stage': 'synthesis', 'step': total_steps, 'seconds': seconds})
+  tx = inversion.make_pixel_optimizer(config)
+  step = inversion.make_pixel_step(experiment.model(task.num_old), tx, config, task.num_old)
+  key = experiment.task_key(task, _SYNTHESIS)
+  state, steps_per_second = _run_stage_one(
+      'synthesis', experiment, task, outputs, resume, seconds, global_offset,
+      inversion.init_pixel_state(config, experiment.dataset.image_shape, tx),
+      lambda state: step(state, teacher_vars, key), config.log_every_steps)
   pool = parallel.to_host(state.pool)
-  _write_samples(experiment, task, pool, outputs, global_offset + total_steps)
+  _write_samples(experiment, task, pool, outputs, global_offset + experiment.synthesis_steps(task))
   return pool, {'synthesis_images_per_second': (
       steps_per_second * config.batch_size / config.iterations if steps_per_second else None)}
 
@@ -383,8 +393,8 @@ def learn_task(experiment: Experiment, task: Task, previous: dict | None,
                method_state: Any = None) -> tuple[dict, dict, dict]:
   """Learns `task` (stage I if the method replays synthesised images, then the classifier).
 
-  `method_state`: what the method carried from the earlier tasks (the anchor
-  and importance of EWC and MAS), or None. Returns (model variables on host,
+  `method_state`: what the method carried from the earlier tasks (EWC/MAS's
+  anchor and importance, iCaRL's memory, MUC's side classifiers), or None. Returns (model variables on host,
   seconds per stage, throughput).
   """
   config, method = experiment.config, experiment.method
@@ -455,8 +465,7 @@ def _replay_source(experiment: Experiment, task: Task) -> classifier.ReplaySourc
   batch_size = experiment.generated_batch_size(task)
   if experiment.method.synthesis == 'generator':
     return classifier.generator_source(experiment.generator(), batch_size)
-  config = experiment.config.deepinversion
-  return classifier.pool_source(config.batches * config.batch_size, batch_size)
+  return classifier.pool_source(inversion.pool_size(experiment.config.deepinversion), batch_size)
 
 
 def _replay_arrays_like(experiment: Experiment) -> Any:
@@ -464,9 +473,8 @@ def _replay_arrays_like(experiment: Experiment) -> Any:
   if experiment.method.synthesis == 'generator':
     return parallel.to_host(experiment.generator().init(
         jax.random.PRNGKey(0), jnp.zeros((2, experiment.config.generator.latent_dim)))['params'])
-  config = experiment.config.deepinversion
-  return np.zeros((config.batches * config.batch_size,) + experiment.dataset.image_shape,
-                  np.float32)
+  return np.zeros((inversion.pool_size(experiment.config.deepinversion),) +
+                  experiment.dataset.image_shape, np.float32)
 
 
 def consolidate(experiment: Experiment, task: Task, variables: dict, previous: dict | None) -> dict:
@@ -582,12 +590,11 @@ def nearest_mean_predict(experiment: Experiment, task: Task, variables: dict,
   memory = method_state['exemplars']
   batch_size = experiment.config.eval_batch_size
   stored = experiment.dataset.train_images[memory]
-  features = np.concatenate([_in_batches(_features_step(experiment, task, flip), variables,
-                                         stored, batch_size) for flip in (False, True)])
-  labels = np.tile(experiment.train_targets[memory], 2)
-  means = exemplars.class_means(features, labels, task.num_seen)
-  return exemplars.nearest_mean(
-      _in_batches(_features_step(experiment, task), variables, images, batch_size), means)
+  plain, flipped = _features_step(experiment, task), _features_step(experiment, task, flip=True)
+  means = exemplars.flip_averaged_means(_in_batches(plain, variables, stored, batch_size),
+                                        _in_batches(flipped, variables, stored, batch_size),
+                                        experiment.train_targets[memory], task.num_seen)
+  return exemplars.nearest_mean(_in_batches(plain, variables, images, batch_size), means)
 
 
 def evaluate(experiment: Experiment, task: Task, variables: dict,
@@ -650,12 +657,23 @@ def record_task(results: dict, experiment: Experiment, metrics: dict, seconds: d
   results['forgetting'] = evaluation.forgetting(results['accuracy_matrix'])
 
 
+def _check_positive(config: ml_collections.ConfigDict, fields: tuple[str, ...]) -> None:
+  for field in fields:
+    value = config
+    for name in field.split('.'):
+      value = value[name]
+    if not value > 0:
+      raise UserError(f'{field}={value} must be positive; fix --config.{field}')
+
+
 def _check_synthesis_config(config: ml_collections.ConfigDict, method: Method) -> None:
-  section = config[method.synthesis]
-  parallel.check_divisible(section.batch_size, f'{method.synthesis}.batch_size')
-  if method.synthesis == 'deepinversion' and min(section.batches, section.iterations) <= 0:
-    raise UserError(f'deepinversion.batches={section.batches} and .iterations='
-                    f'{section.iterations} must both be positive')
+  name = method.synthesis
+  positive = ('batch_size', 'learning_rate', 'log_every_steps') + (
+      ('steps',) if name == 'generator' else ('batches', 'iterations'))
+  _check_positive(config, tuple(f'{name}.{field}' for field in positive))
+  parallel.check_divisible(config[name].batch_size, f'{name}.batch_size')
+  if name == 'deepinversion' and config.deepinversion.jitter < 0:
+    raise UserError(f'deepinversion.jitter={config.deepinversion.jitter} must be >= 0')
   if config.replay.balance not in ('fixed', 'per_class'):
     raise UserError(f"replay.balance={config.replay.balance!r} must be 'fixed' or 'per_class'")
   if 'diversity' in method.generator_terms and (

@@ -1,5 +1,5 @@
-"""LwM, DeepInversion and iCaRL: their pieces against hand-computed values, smoke runs,
-and resumption after kill -9."""
+"""LwM, DeepInversion, iCaRL and MUC: their pieces against hand-computed values, smoke
+runs, and resumption (also after kill -9)."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,7 @@ import optax
 import pytest
 import tensorflow as tf
 
-from mfgr_jax import exemplars, inversion, losses, train
+from mfgr_jax import exemplars, inversion, losses, side_classifiers, train
 from mfgr_jax.methods import lwm
 from mfgr_jax.models.resnet import classify, resnet
 
@@ -104,11 +104,12 @@ def test_pixel_step_descends_the_plain_loss_and_fills_the_pool():
   state, metrics = step(state, replicated_teacher, key)
 
   plain_teacher = resnet(18, 3, width=4)
-  start = jax.random.normal(jax.random.fold_in(key, 0), (6, 8, 8, 1))
+  noise_key, jitter_key = jax.random.split(jax.random.fold_in(key, 0))  # batch 0's keys
+  start = jax.random.normal(noise_key, (6, 8, 8, 1))
   targets = jnp.asarray([0, 1, 2, 0, 1, 2])  # class-balanced
 
   def plain_loss(pixels):
-    images = inversion.jitter(pixels, jax.random.fold_in(jax.random.fold_in(key, 0), 1), 2, True)
+    images = inversion.jitter(pixels, jax.random.fold_in(jitter_key, 0), 2, True)
     (logits, _), moments = plain_teacher.apply(teacher_vars, images, train=False,
                                                mutable=[BN_INPUT_MOMENTS])
     w = config.weights
@@ -129,7 +130,7 @@ def test_pixel_step_descends_the_plain_loss_and_fills_the_pool():
   np.testing.assert_array_equal(state.pool[:6], first_batch)  # written after its last iteration
   assert not np.any(np.asarray(state.pool[6:]))
   state, _ = step(state, replicated_teacher, key)  # batch 1 starts from fresh noise
-  fresh = jax.random.normal(jax.random.fold_in(key, 1), (6, 8, 8, 1))
+  fresh = jax.random.normal(jax.random.split(jax.random.fold_in(key, 1))[0], (6, 8, 8, 1))
   assert float(jnp.max(jnp.abs(state.pixels - fresh))) < 10 * float(jnp.max(jnp.abs(grads)))
   assert not np.allclose(state.pixels, first_batch)
   for _ in range(2):
@@ -213,11 +214,11 @@ def test_icarl_loss_against_hand_values():
   # Targets: sigmoid(1) on the old output 0, one-hot label 2 on the new outputs.
   p = 1 / (1 + np.exp(-1.0))
   bce = lambda z, t: -(t * np.log(1 / (1 + np.exp(-z))) + (1 - t) * np.log(1 - 1 / (1 + np.exp(-z))))
-  expected = bce(0.0, p) + bce(2.0, 0.0) + bce(-1.0, 1.0)
+  expected = (bce(0.0, p) + bce(2.0, 0.0) + bce(-1.0, 1.0)) / 3  # mean over the 3 outputs
   np.testing.assert_allclose(losses.icarl_distillation_loss(logits, jnp.asarray([2]), teacher),
                              expected, rtol=1e-5)
   # A generated image (label -1) has all-zero new-class targets.
-  expected_generated = bce(0.0, p) + bce(2.0, 0.0) + bce(-1.0, 0.0)
+  expected_generated = (bce(0.0, p) + bce(2.0, 0.0) + bce(-1.0, 0.0)) / 3
   np.testing.assert_allclose(losses.icarl_distillation_loss(logits, jnp.asarray([-1]), teacher),
                              expected_generated, rtol=1e-5)
 
@@ -275,3 +276,74 @@ def test_icarl_with_generated_images_runs(smoke_config, tmp_path):
   results = train.run(smoke_config, str(tmp_path))
   assert results['method'] == 'icarl_mfgr' and results['seconds'][1]['generator'] > 0
   assert scalars(tmp_path, 'classifier/bce_generated')
+
+
+def test_pool_targets_cycle_through_the_classes_across_batches():
+  # 7 images per batch over 3 classes: batch 1 continues where batch 0 stopped.
+  from mfgr_jax import parallel
+  config = _pixel_config(batches=3, batch_size=7, iterations=1,
+                         weights=dict(target_ce=1.0, bn_statistics=0.0, total_variation=0.0,
+                                      l2_prior=0.0))
+  teacher = resnet(18, 3, width=4, bn_axis_name=parallel.AXIS)
+  teacher_vars = parallel.replicate(
+      teacher.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 1)), train=False))
+  tx = optax.sgd(0.0)
+  step = inversion.make_pixel_step(teacher, tx, config, num_classes=3)
+  state = parallel.replicate(inversion.init_pixel_state(config, (8, 8, 1), tx))
+  ces = []
+  for _ in range(3):
+    state, metrics = step(state, teacher_vars, jax.random.PRNGKey(2))
+    ces.append(float(metrics['target_ce']))
+  # With lr 0 the pool is the initial noise; recompute each batch's CE with its targets.
+  plain = resnet(18, 3, width=4)
+  variables = jax.device_get(teacher_vars)
+  for batch in range(3):
+    pixels = state.pool[7 * batch:7 * (batch + 1)]
+    jitter_key = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(2), batch))[1]
+    logits, _ = plain.apply(variables, inversion.jitter(pixels, jax.random.fold_in(jitter_key, 0),
+                                                        2, True), train=False)
+    targets = (7 * batch + jnp.arange(7)) % 3
+    assert ces[batch] == pytest.approx(float(losses.cross_entropy(logits, targets)), rel=1e-5)
+
+
+def test_classifier_discrepancy_and_side_heads_against_hand_values():
+  probabilities = jnp.asarray([[[0.5, 0.5]], [[1.0, 0.0]], [[0.0, 1.0]]])  # 3 heads, 1 image
+  # Pairs (0,1): mean |.| 0.5; (0,2): 0.5; (1,2): 1.0.
+  np.testing.assert_allclose(side_classifiers.classifier_discrepancy(probabilities), 2.0)
+  heads = {'kernel': jnp.asarray([[[1.0, 0.0], [0.0, 1.0]], [[2.0, 0.0], [0.0, 0.0]]]),
+           'bias': jnp.asarray([[0.0, 1.0], [0.5, 0.0]])}
+  np.testing.assert_allclose(side_classifiers.side_logits(heads, jnp.asarray([[3.0, 4.0]])),
+                             [[[3.0, 5.0]], [[6.5, 0.0]]])
+
+
+def test_side_heads_fit_their_labels_and_disagree_off_distribution():
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(3), 40)
+  centres = np.eye(3, 8) * 4.0
+  features = (centres[labels] + rng.normal(0, 0.3, (120, 8))).astype(np.float32)
+  auxiliary = rng.normal(0, 2.0, (200, 8)).astype(np.float32)
+  config = ml_collections.ConfigDict(dict(side_heads=3, side_epochs=40, side_learning_rate=0.1,
+                                          side_batch_size=32))
+  heads, metrics = side_classifiers.train_side_heads(features, labels, auxiliary, config,
+                                                     jax.random.PRNGKey(0))
+  logits = side_classifiers.side_logits(heads, features)
+  assert logits.shape == (3, 120, 3)
+  assert all(float(jnp.mean(jnp.argmax(l, -1) == labels)) == 1.0 for l in logits)
+  untrained = side_classifiers.init_side_heads(jax.random.PRNGKey(0), 3, 8, 3)
+  before = side_classifiers.classifier_discrepancy(
+      jax.nn.softmax(side_classifiers.side_logits(untrained, auxiliary)))
+  assert metrics['discrepancy'] > float(before)
+
+
+def test_muc_lwf_runs_distils_side_heads_and_resumes(smoke_config, tmp_path):
+  smoke_config.method = 'muc_lwf'
+  smoke_config.muc.side_epochs = 5
+  smoke_config.scenario.num_tasks = 2
+  first = train.run(smoke_config, str(tmp_path / 'a'))
+  assert first['method'] == 'muc_lwf' and first['seconds'][0]['side_classifiers'] > 0
+  assert scalars(tmp_path / 'a', 'classifier/kd_side')
+  # Stopping after task 1 and going on to task 2 restores the side heads of task 1.
+  smoke_config.scenario.num_tasks = 3
+  resumed = train.run(smoke_config, str(tmp_path / 'a'))
+  whole = train.run(smoke_config, str(tmp_path / 'b'))
+  assert comparable(resumed) == comparable(whole)

@@ -113,6 +113,17 @@ def test_resuming_with_another_config_is_refused(smoke_config, lwf_run, tmp_path
     ('--config.method=mas --config.mas.importance_batch_size=0', 'must be positive'),
     ('--config.model.stem=foo', "stem must be 'cifar' or 'imagenet'"),
     ('--config.method=mfgr --config.generator.architecture=gan', 'unknown generator architecture'),
+    ('--config.log_every_steps=0', 'log_every_steps=0 must be positive'),
+    ('--config.method=deepinversion --config.deepinversion.batch_size=0',
+     'deepinversion.batch_size=0 must be positive'),
+    ('--config.method=deepinversion --config.deepinversion.jitter=-1', 'jitter=-1 must be >= 0'),
+    ('--config.method=deepinversion --config.deepinversion.batches=1 '
+     '--config.deepinversion.batch_size=2', 'cannot hold one image of each of 4 old classes'),
+    ('--config.method=icarl --config.icarl.memory_size=5', 'leaves some of the 6 classes'),
+    ('--config.method=muc_lwf --config.muc.side_heads=0', 'muc.side_heads=0 must be positive'),
+    ('--config.method=muc_lwf --config.muc.auxiliary=svhn', "unknown dataset 'svhn'"),
+    ('--config.method=muc_lwf --config.muc.auxiliary=svhn_cropped --config.data.data_dir=/nonexistent',
+     'svhn_cropped'),
 ])
 def test_bad_input_is_one_line_without_traceback(tmp_path, override, message):
   proc = run_main(f'--config={SMOKE}', f'--workdir={tmp_path}', *override.split(), timeout=120)

@@ -83,8 +83,8 @@ def test_generated_batch_per_class_balance(smoke_config, tmp_path):
   experiment = train.build_experiment(smoke_config, tmp_path)
   # 4 old classes, 2 new, 32 real images: 16 real per new class -> 64 generated.
   assert experiment.generated_batch_size(experiment.tasks[1]) == 64
-  assert experiment.generator_steps(experiment.tasks[0]) == 0
-  assert experiment.generator_steps(experiment.tasks[1]) == 12
+  assert experiment.synthesis_steps(experiment.tasks[0]) == 0
+  assert experiment.synthesis_steps(experiment.tasks[1]) == 12
 
 
 @pytest.mark.parametrize('stage,first,last', [('generator', 19, 29), ('classifier', 31, 47)])

@@ -104,6 +104,12 @@ _SPECS = {
         default_manual_dir='~/tensorflow_datasets/downloads/manual',
         how_to_get=f'place {" or ".join(builders.CALTECH101_ARCHIVES)} from '
                    'https://data.caltech.edu/records/mzrjq-6wc02 in that folder'),
+    # MUC's auxiliary unlabelled images; TFDS's download only.
+    'svhn_cropped': _Spec(
+        sources=(_Source('svhn_cropped'),),
+        mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970),
+        default_manual_dir='~/tensorflow_datasets/downloads/manual',
+        how_to_get='run once with internet access and data.download=True (TFDS downloads it)'),
 }
 # Datasets made of others: label ids of part k follow those of parts 0..k-1, and
 # class names get the part's name as a prefix.

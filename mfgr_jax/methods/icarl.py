@@ -20,12 +20,12 @@ import ml_collections
 
 from mfgr_jax import losses
 from mfgr_jax.methods import ClassifierLoss, Method, ReplayLoss, finetune
-from mfgr_jax.methods.mfgr import BASE_TERMS
+from mfgr_jax.methods.mfgr import MFGR_TERMS
 from mfgr_jax.scenario import Task
 
 
 def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
-  if not task.num_old:
+  if not task.num_old:  # task 0: plain CE, as every method
     return finetune.make_loss(task, config)
 
   def loss(out, labels, teacher, carried):
@@ -38,7 +38,7 @@ def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
 
 def make_replay_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss | ReplayLoss:
   if not task.num_old:
-    return finetune.make_loss(task, config)
+    return make_loss(task, config)
 
   def loss(real, labels, teacher_real, generated, teacher_generated):
     metrics = {
@@ -56,5 +56,5 @@ METHODS = (
            config_section='icarl', exemplars=True),
     Method('icarl_mfgr', uses_teacher=True, trains_on_all_seen=False, make_loss=make_replay_loss,
            config_section='icarl', exemplars=True, synthesis='generator',
-           generator_terms=BASE_TERMS + ('bn_statistics', 'diversity')),
+           generator_terms=MFGR_TERMS),
 )

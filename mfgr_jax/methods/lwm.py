@@ -51,4 +51,5 @@ def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
   return loss
 
 
-METHODS = (Method('lwm', uses_teacher=True, trains_on_all_seen=False, make_loss=make_loss),)
+METHODS = (Method('lwm', uses_teacher=True, trains_on_all_seen=False, make_loss=make_loss,
+                  config_section='lwm'),)

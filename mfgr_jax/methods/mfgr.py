@@ -27,6 +27,7 @@ from mfgr_jax.methods import ClassifierLoss, Method, ReplayLoss, lwf
 from mfgr_jax.scenario import Task
 
 BASE_TERMS = ('one_hot', 'class_balance', 'activation', 'signed_difference')
+MFGR_TERMS = BASE_TERMS + ('bn_statistics', 'diversity')
 
 
 def make_loss(task: Task, config: ml_collections.ConfigDict,
@@ -59,5 +60,5 @@ METHODS = (
     _method('lwf_g_base', BASE_TERMS, distill_real=True),
     _method('g_bn', BASE_TERMS + ('bn_statistics',), distill_real=False),
     _method('lwf_g_bn', BASE_TERMS + ('bn_statistics',), distill_real=True),
-    _method('mfgr', BASE_TERMS + ('bn_statistics', 'diversity'), distill_real=True),
+    _method('mfgr', MFGR_TERMS, distill_real=True),
 )
