@@ -55,6 +55,17 @@ def kill_9_after_checkpoint(workdir: pathlib.Path, first: int, last: int, *args:
     proc.wait()
 
 
+def kill_9_then_rerun(workdir: pathlib.Path, first: int, last: int,
+                      *args: str) -> subprocess.CompletedProcess:
+  """kill -9s `main --workdir WORKDIR ARGS` at a checkpoint in [first, last] (see
+  `kill_9_after_checkpoint`), then runs the same command again to the end; returns
+  the rerun, which must succeed."""
+  kill_9_after_checkpoint(workdir, first, last, *args)
+  rerun = run_main(f'--workdir={workdir}', *args)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  return rerun
+
+
 @pytest.fixture
 def smoke_config():
   from configs import smoke

@@ -13,7 +13,7 @@ from mfgr_jax import exemplars, inversion, losses, side_classifiers, train
 from mfgr_jax.methods import lwm
 from mfgr_jax.models.resnet import classify, resnet
 
-from conftest import SMOKE, comparable, kill_9_after_checkpoint, load_results, run_main
+from conftest import SMOKE, comparable, kill_9_then_rerun, load_results, run_main
 
 DEEPINVERSION_ARGS = ('--config.method=deepinversion', '--config.deepinversion.batches=2',
                       '--config.deepinversion.iterations=8', '--config.deepinversion.batch_size=32',
@@ -160,9 +160,7 @@ def test_deepinversion_killed_mid_synthesis_resumes_identically(tmp_path, deepin
   # Smoke tasks have 18 classifier steps; task 1 starts with 2 x 8 synthesis steps
   # (global steps 19-34), checkpointed every 4.
   workdir = tmp_path / 'killed'
-  kill_9_after_checkpoint(workdir, 23, 31, f'--config={SMOKE}', *DEEPINVERSION_ARGS)
-  rerun = run_main(f'--config={SMOKE}', f'--workdir={workdir}', *DEEPINVERSION_ARGS)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  rerun = kill_9_then_rerun(workdir, 23, 31, f'--config={SMOKE}', *DEEPINVERSION_ARGS)
   assert 'Resuming task 1 synthesis at step' in rerun.stderr
   assert comparable(load_results(workdir)) == comparable(load_results(deepinversion_run))
 
@@ -261,9 +259,7 @@ def test_icarl_killed_mid_task_resumes_with_its_memory(tmp_path, icarl_run):
   # Task 2 trains on 192 new images + 41 exemplars: 7 steps an epoch, 21 steps;
   # tasks 0 and 1 take 18 and 21 steps, so task 2 runs at global steps 40-60.
   workdir = tmp_path / 'killed'
-  kill_9_after_checkpoint(workdir, 41, 56, f'--config={SMOKE}', *ICARL_ARGS)
-  rerun = run_main(f'--config={SMOKE}', f'--workdir={workdir}', *ICARL_ARGS)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  rerun = kill_9_then_rerun(workdir, 41, 56, f'--config={SMOKE}', *ICARL_ARGS)
   assert 'Resuming task 2 at step' in rerun.stderr
   assert comparable(load_results(workdir)) == comparable(load_results(icarl_run))
   np.testing.assert_array_equal(_memory(workdir, 2), _memory(icarl_run, 2))

@@ -12,7 +12,7 @@ from mfgr_jax import consolidation, losses, parallel, train
 from mfgr_jax.methods import get_method
 from mfgr_jax.scenario import Task
 
-from conftest import SMOKE, comparable, kill_9_after_checkpoint, load_results, run_main
+from conftest import SMOKE, comparable, kill_9_then_rerun, load_results
 
 # The smoke model is tiny, so its importance is large: FACIL's 5000 would diverge at lr 0.1.
 EWC_ARGS = ('--config.method=ewc', '--config.ewc.weight=10', '--config.ewc.importance_batch_size=32')
@@ -154,8 +154,6 @@ def test_kill_9_mid_task_then_rerun_keeps_the_penalty_state(tmp_path, smoke_conf
   # Tasks have 18 steps; kill at a periodic checkpoint inside task 2, which trains with
   # the importance of tasks 0 and 1 restored from the checkpoint of task 1.
   workdir = tmp_path / 'killed'
-  kill_9_after_checkpoint(workdir, 37, 53, f'--config={SMOKE}', *EWC_ARGS)
-  rerun = run_main(f'--config={SMOKE}', f'--workdir={workdir}', *EWC_ARGS)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  rerun = kill_9_then_rerun(workdir, 37, 53, f'--config={SMOKE}', *EWC_ARGS)
   assert 'Resuming task 2 at step' in rerun.stderr
   assert comparable(load_results(workdir)) == comparable(uninterrupted)

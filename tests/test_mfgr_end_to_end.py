@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from mfgr_jax import train
 from mfgr_jax.errors import UserError
 
-from conftest import SMOKE, comparable, kill_9_after_checkpoint, load_results, run_main
+from conftest import SMOKE, comparable, kill_9_then_rerun, load_results, run_main
 
 
 def _tags(workdir):
@@ -90,9 +90,7 @@ def test_generated_batch_per_class_balance(smoke_config, tmp_path):
 @pytest.mark.parametrize('stage,first,last', [('generator', 19, 29), ('classifier', 31, 47)])
 def test_kill_9_mid_stage_then_rerun_gives_identical_results(tmp_path, mfgr_run, stage, first,
                                                              last):
-  kill_9_after_checkpoint(tmp_path, first, last, f'--config={SMOKE}', '--config.method=mfgr')
-  rerun = run_main(f'--config={SMOKE}', f'--workdir={tmp_path}', '--config.method=mfgr')
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  rerun = kill_9_then_rerun(tmp_path, first, last, f'--config={SMOKE}', '--config.method=mfgr')
   expected = 'Resuming task 1 generator at step' if stage == 'generator' else 'Resuming task 1 at step'
   assert expected in rerun.stderr
   assert comparable(load_results(tmp_path)) == comparable(load_results(mfgr_run))

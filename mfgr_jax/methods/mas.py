@@ -11,7 +11,6 @@ one gradient per image, backbone only. `mas.output_norm` picks g:
   alpha = 0.01 without the 1/2, and accumulate 'sum').
 """
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 
