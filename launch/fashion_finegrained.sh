@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 ROOT=${ROOT:-workdirs/fashion_finegrained}
-METHODS=${METHODS:-finetune lwf ewc mas lwm lwf_g_bn mfgr deepinversion}
+METHODS=${METHODS:-finetune lwf ewc mas muc_mas lwm muc_lwf icarl lwf_g_bn mfgr deepinversion icarl_mfgr}
 SEEDS=${*:-0 1 2}
 CONFIG=configs/fashion_finegrained.py
 OUT=${OUT:-docs/fashion_finegrained}

@@ -31,7 +31,7 @@ from mfgr_jax import side_classifiers
 from mfgr_jax.checkpoints import Checkpoints
 from mfgr_jax.data.loading import Dataset, load_dataset, subsample_per_class
 from mfgr_jax.errors import UserError
-from mfgr_jax.methods import Method, get_method
+from mfgr_jax.methods import Method, get_method, mas
 from mfgr_jax.models.generator import Generator, generator_features
 from mfgr_jax.models.resnet import resnet, widen_head
 from mfgr_jax.scenario import Task, class_order, listed_classes, make_tasks
@@ -124,7 +124,8 @@ class Experiment:
                    'tasks': [list(t.classes) for t in self.tasks], 'method': self.method.name,
                    'model': self.config.model.to_dict()}
     for section in (self.method.synthesis, self.method.config_section,
-                    'distillation' if self.method.uses_teacher else ''):
+                    'distillation' if self.method.uses_teacher else '',
+                    'muc' if self.method.side_classifiers else ''):
       if section:
         fingerprint[section] = self.config[section].to_dict()
     return fingerprint
@@ -480,13 +481,43 @@ def _replay_arrays_like(experiment: Experiment) -> Any:
 def consolidate(experiment: Experiment, task: Task, variables: dict, previous: dict | None) -> dict:
   """EWC / MAS after `task`: {'anchor': its backbone, 'importance': merged with `previous`'s}.
 
-  Importance is the mean over the task's training images (no augmentation).
+  Importance is the mean over the task's training images (no augmentation);
+  MUC-MAS adds `SIDE_IMPORTANCE` times the mean importance of its side classifiers.
   """
   method = experiment.method
   config = experiment.config[method.config_section]
-  step = consolidation.make_importance_step(
-      experiment.model(task.num_seen), method.importance.make_score(task, config),
-      method.importance.reduce, experiment.dataset.mean, experiment.dataset.std)
+  importance = _mean_importance(experiment, task, experiment.model(task.num_seen), variables,
+                                method.importance.make_score(task, config))
+  if method.side_classifiers:
+    heads = train_side_classifiers(experiment, task, variables)['side_heads']
+    side_model = experiment.model(task.num_new)
+    per_head = [_mean_importance(experiment, task, side_model,
+                                 _with_head(variables, heads['kernel'][k], heads['bias'][k]),
+                                 mas.mean_square)
+                for k in range(len(heads['kernel']))]
+    importance = jax.tree.map(
+        lambda main, *side: main + SIDE_IMPORTANCE * sum(side) / len(side), importance, *per_head)
+  return {'anchor': consolidation.backbone(variables['params']),
+          'importance': consolidation.merge(None if previous is None else previous['importance'],
+                                            importance, config.accumulate)}
+
+
+# MUC-MAS's weight of the side classifiers' importance.
+SIDE_IMPORTANCE = 1.4
+
+
+def _with_head(variables: dict, kernel: np.ndarray, bias: np.ndarray) -> dict:
+  """`variables` with the linear head replaced (MUC-MAS: a side classifier as the head)."""
+  head = {'linear': {'dense': {'kernel': kernel, 'bias': bias}}}
+  return {**variables, 'params': {**variables['params'], 'head': head}}
+
+
+def _mean_importance(experiment: Experiment, task: Task, model: Any, variables: dict,
+                     score: Callable[[jax.Array], jax.Array]) -> Any:
+  """Mean over `task`'s training images of the method's reduce(d score / d backbone)."""
+  config = experiment.config[experiment.method.config_section]
+  step = consolidation.make_importance_step(model, score, experiment.method.importance.reduce,
+                                            experiment.dataset.mean, experiment.dataset.std)
   indices = experiment.train_indices(task)
   batch_size = config.importance_batch_size
   replicated, total = parallel.replicate(variables), None
@@ -497,10 +528,7 @@ def consolidate(experiment: Experiment, task: Task, variables: dict, previous: d
                                             chunk.dtype)])
     summed = step(replicated, parallel.shard(chunk), parallel.shard(weights.astype(np.float32)))
     total = summed if total is None else jax.tree.map(jnp.add, total, summed)
-  importance = jax.tree.map(lambda x: x / len(indices), parallel.to_host(total))
-  return {'anchor': consolidation.backbone(variables['params']),
-          'importance': consolidation.merge(None if previous is None else previous['importance'],
-                                            importance, config.accumulate)}
+  return jax.tree.map(lambda x: x / len(indices), parallel.to_host(total))
 
 
 def select_exemplars(experiment: Experiment, task: Task, variables: dict,
@@ -555,16 +583,16 @@ def _in_batches(step: Callable, variables: dict, images: np.ndarray, batch_size:
 
 
 def _method_state_like(experiment: Experiment, task: Task) -> dict:
+  if experiment.method.importance:
+    backbone = consolidation.backbone(_variables_like(experiment, task.num_seen)['params'])
+    return {'anchor': backbone, 'importance': backbone}
   if experiment.method.side_classifiers:
     params = _variables_like(experiment, task.num_seen)['params']
     feature_dim = params['head']['linear']['dense']['kernel'].shape[0]
     heads = experiment.config.muc.side_heads
     return {'side_heads': {'kernel': np.zeros((heads, feature_dim, task.num_new), np.float32),
                            'bias': np.zeros((heads, task.num_new), np.float32)}}
-  if experiment.method.exemplars:
-    return {'exemplars': np.zeros(int(experiment.exemplar_quotas(task).sum()), np.int32)}
-  backbone = consolidation.backbone(_variables_like(experiment, task.num_seen)['params'])
-  return {'anchor': backbone, 'importance': backbone}
+  return {'exemplars': np.zeros(int(experiment.exemplar_quotas(task).sum()), np.int32)}
 
 
 def update_method_state(experiment: Experiment, task: Task, variables: dict,

@@ -343,3 +343,26 @@ def test_muc_lwf_runs_distils_side_heads_and_resumes(smoke_config, tmp_path):
   resumed = train.run(smoke_config, str(tmp_path / 'a'))
   whole = train.run(smoke_config, str(tmp_path / 'b'))
   assert comparable(resumed) == comparable(whole)
+
+
+def test_muc_mas_adds_the_side_classifiers_importance(smoke_config, tmp_path):
+  # From the same task-0 model, MUC-MAS's importance is MAS's plus 1.4 x the side
+  # heads' mean importance: never smaller, and larger somewhere.
+  from mfgr_jax.checkpoints import Checkpoints
+  smoke_config.scenario.num_tasks = 1
+  smoke_config.mas.output_norm = 'muc'
+  smoke_config.mas.importance_batch_size = 32
+  smoke_config.muc.side_epochs = 5
+  importance = {}
+  for method in ('mas', 'muc_mas'):
+    smoke_config.method = method
+    results = train.run(smoke_config, str(tmp_path / method))
+    if method == 'muc_mas':
+      assert results['seconds'][0]['importance'] > 0
+    checkpoints = Checkpoints(tmp_path / method / 'checkpoints')
+    importance[method] = jax.tree.leaves(checkpoints.restore_method_state(0, None)['importance'])
+    checkpoints.close()
+  differences = [np.asarray(b) - np.asarray(a) for a, b in zip(importance['mas'],
+                                                                importance['muc_mas'])]
+  assert min(float(d.min()) for d in differences) >= 0
+  assert max(float(d.max()) for d in differences) > 0
