@@ -48,8 +48,14 @@ def _common(method: str = 'mfgr') -> ml_collections.ConfigDict:
   config.generator.batch_size = 512
   config.generator.diversity_pairs = 200
   config.replay.generated_batch_size = 512
-  # MAS as MUC runs it, which the paper's MAS rows follow (spec §8.3).
+  # MAS as MUC runs it, which the paper's MAS rows follow (spec §8.3); MUC's
+  # unlabelled auxiliary data is SVHN.
   config.mas.update(dict(output_norm='muc', weight=0.02, accumulate='sum'))
+  config.muc.auxiliary = 'svhn_cropped'
+  # DeepInversion's CIFAR setting (spec §8.8): 2000 Adam steps per batch of 256;
+  # the pool size (20 batches, 5120 images) is ours.
+  config.deepinversion.update(dict(batches=20, batch_size=256, iterations=2000,
+                                   log_every_steps=500))
   config.log_every_steps = 100
   config.generator.log_every_steps = 500
   config.checkpoint_every_steps = 1000
@@ -112,6 +118,7 @@ def cub(class_order: tuple[int, ...], base_classes: int, increment: int, name: s
   config.generator.batch_size = 64
   config.generator.diversity_pairs = 25
   config.replay.generated_batch_size = 128
+  config.deepinversion.update(dict(batches=10, batch_size=64))
   return shrink_for_debug(config) if 'debug' in options else config
 
 
@@ -131,6 +138,9 @@ def shrink_for_debug(config: ml_collections.ConfigDict) -> ml_collections.Config
   config.generator.diversity_pairs = 2
   config.generator.log_every_steps = 1
   config.replay.generated_batch_size = 8
+  # A pool that still holds one image of each old class (up to 100).
+  config.deepinversion.update(dict(batches=1, batch_size=104, iterations=2, log_every_steps=1))
+  config.muc.side_epochs = 1
   config.log_every_steps = 1
   config.checkpoint_every_steps = 2
   return config

@@ -66,6 +66,9 @@ def test_full_size_config_follows_the_spec(setting):
     assert (config.generator.steps, config.generator.batch_size) == (60_000, 512)
     assert config.replay.generated_batch_size == 512 and config.data.crop_padding == 4
     assert config.generator.architecture == 'dafl'
+    # DeepInversion's CIFAR setting; MUC's auxiliary SVHN.
+    assert (config.deepinversion.iterations, config.deepinversion.batch_size) == (2000, 256)
+    assert config.muc.auxiliary == 'svhn_cropped'
   else:
     assert (config.generator.architecture, config.generator.image_size) == ('pyramid', 256)
     assert config.data.image_size == side
@@ -108,3 +111,12 @@ def test_debug_option_through_the_command_line(data_dirs, tmp_path):
                   '--config.method=lwf')
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert len(json.loads((tmp_path / 'results.json').read_text())['accuracy']) == 2
+
+
+@pytest.mark.parametrize('method', ['deepinversion', 'icarl'])
+def test_baselines_run_at_debug_size(method, data_dirs, tmp_path):
+  config = _config('cifar100_5phase', 'debug')
+  config.data.update(data_dirs, download=False)
+  config.method = method
+  results = train.run(config, str(tmp_path))
+  assert results['method'] == method and len(results['accuracy']) == 2
