@@ -7,10 +7,13 @@ replays exactly the stream of an uninterrupted one.
 """
 
 import dataclasses
+import fcntl
 import json
+import os
 import pathlib
+import socket
 import time
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 from absl import logging
 from clu import metric_writers
@@ -741,11 +744,32 @@ def _load_task0(experiment: Experiment, task: Task) -> tuple[dict, str]:
   return variables, str(source)
 
 
+def lock_workdir(workdir: pathlib.Path) -> IO[str]:
+  """An exclusive lock on WORKDIR/lock, held while the returned file is open (the OS
+  drops it when the process ends, also after kill -9); refuses a workdir another
+  run holds, so that two runs never write the same checkpoints."""
+  handle = open(workdir / 'lock', 'a+')  # pylint: disable=consider-using-with
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    handle.seek(0)
+    holder = handle.read().strip() or 'another process'
+    handle.close()
+    raise UserError(f'workdir {workdir} is in use by another run ({holder}); wait for it to '
+                    'end, or choose another --workdir') from None
+  handle.seek(0)
+  handle.truncate()
+  handle.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
+  handle.flush()
+  return handle
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the whole class-incremental sequence; returns results."""
   workdir = pathlib.Path(workdir)
   experiment = build_experiment(config, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  lock = lock_workdir(workdir) if jax.process_index() == 0 else None
   report.write_json(workdir / 'config.json', config.to_dict())
   # TensorBoard only: the step log lines below already go to the console.
   writer = (metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))
@@ -803,4 +827,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpoints.wait()
   checkpoints.close()
   writer.close()
+  if lock is not None:
+    lock.close()
   return results

@@ -36,12 +36,16 @@ def run_main(*args: str, devices: int = 1, timeout: float = 600) -> subprocess.C
                         env=_env(devices), capture_output=True, text=True, timeout=timeout)
 
 
+def start_main(*args: str) -> subprocess.Popen:
+  """Starts `python -m mfgr_jax.main ARGS` on one CPU device, output discarded."""
+  return subprocess.Popen([sys.executable, '-m', 'mfgr_jax.main', *args], cwd=REPO, env=_env(1),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def kill_9_after_checkpoint(workdir: pathlib.Path, first: int, last: int, *args: str) -> None:
   """Starts `main --workdir WORKDIR ARGS`, and kill -9s it once a mid-task
   checkpoint with a global step in [first, last] is on disk."""
-  proc = subprocess.Popen([sys.executable, '-m', 'mfgr_jax.main', f'--workdir={workdir}', *args],
-                          cwd=REPO, env=_env(1), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc = start_main(f'--workdir={workdir}', *args)
   folder = workdir / 'checkpoints' / 'progress'
   deadline = time.time() + 300
   try:

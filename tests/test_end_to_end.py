@@ -1,6 +1,7 @@
 """Whole runs of the entry point on the synthetic smoke config."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ from tensorboard.backend.event_processing import event_accumulator
 from mfgr_jax import train
 from mfgr_jax.errors import UserError
 
-from conftest import SMOKE, comparable, kill_9_after_checkpoint, load_results, run_main
+from conftest import (SMOKE, comparable, kill_9_after_checkpoint, load_results, run_main,
+                      start_main)
 
 @pytest.fixture(scope='module')
 def lwf_run(tmp_path_factory):
@@ -131,3 +133,22 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, override, message):
   errors = [l for l in proc.stderr.splitlines() if l.startswith('mfgr_jax: error:')]
   assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
+
+
+def test_a_second_run_on_a_busy_workdir_refuses(tmp_path):
+  first = start_main(f'--config={SMOKE}', f'--workdir={tmp_path}')
+  try:
+    deadline = time.time() + 120
+    while not (tmp_path / 'config.json').exists():  # written after the lock is taken
+      assert first.poll() is None and time.time() < deadline
+      time.sleep(0.05)
+    second = run_main(f'--config={SMOKE}', f'--workdir={tmp_path}', timeout=120)
+    assert second.returncode == 2 and 'Traceback' not in second.stderr
+    errors = [l for l in second.stderr.splitlines() if l.startswith('mfgr_jax: error:')]
+    assert len(errors) == 1 and f'workdir {tmp_path} is in use by another run (pid ' in errors[0]
+  finally:
+    first.kill()
+    first.wait()
+  # The lock dies with its process (here kill -9): the same command then resumes.
+  rerun = run_main(f'--config={SMOKE}', f'--workdir={tmp_path}')
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
