@@ -768,8 +768,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the whole class-incremental sequence; returns results."""
   workdir = pathlib.Path(workdir)
   experiment = build_experiment(config, workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  lock = lock_workdir(workdir) if jax.process_index() == 0 else None
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock = lock_workdir(workdir) if jax.process_index() == 0 else None
+  except OSError as e:
+    raise UserError(f'cannot write to workdir {workdir} ({e.strerror}); choose a writable '
+                    '--workdir') from None
   report.write_json(workdir / 'config.json', config.to_dict())
   # TensorBoard only: the step log lines below already go to the console.
   writer = (metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))

@@ -116,6 +116,7 @@ def test_resuming_with_another_config_is_refused(smoke_config, lwf_run, tmp_path
     ('--config.model.stem=foo', "stem must be 'cifar' or 'imagenet'"),
     ('--config.method=mfgr --config.generator.architecture=gan', 'unknown generator architecture'),
     ('--config.log_every_steps=0', 'log_every_steps=0 must be positive'),
+    ('--workdir=/proc/mfgr_jax_run', 'cannot write to workdir /proc/mfgr_jax_run'),
     ('--config.method=deepinversion --config.deepinversion.batch_size=0',
      'deepinversion.batch_size=0 must be positive'),
     ('--config.method=deepinversion --config.deepinversion.jitter=-1', 'jitter=-1 must be >= 0'),
@@ -128,7 +129,10 @@ def test_resuming_with_another_config_is_refused(smoke_config, lwf_run, tmp_path
      'svhn_cropped'),
 ])
 def test_bad_input_is_one_line_without_traceback(tmp_path, override, message):
-  proc = run_main(f'--config={SMOKE}', f'--workdir={tmp_path}', *override.split(), timeout=120)
+  args = override.split()
+  if not any(arg.startswith('--workdir') for arg in args):
+    args.append(f'--workdir={tmp_path}')
+  proc = run_main(f'--config={SMOKE}', *args, timeout=120)
   assert proc.returncode == 2
   errors = [l for l in proc.stderr.splitlines() if l.startswith('mfgr_jax: error:')]
   assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
