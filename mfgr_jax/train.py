@@ -356,7 +356,7 @@ def train_generator(experiment: Experiment, task: Task, teacher_vars: Any, outpu
   count = config.batch_size  # the batch size its BN statistics expect
   samples = inversion.make_sampler(generator, count)(parallel.replicate(params),
                                                      experiment.task_key(task, _SAMPLES))
-  _write_samples(experiment, task, samples, outputs,
+  _write_samples('generator', experiment, task, samples, outputs,
                  global_offset + experiment.synthesis_steps(task))
   return params, {'generator_images_per_second': (
       steps_per_second * config.batch_size if steps_per_second else None)}
@@ -374,14 +374,15 @@ def synthesise_pixels(experiment: Experiment, task: Task, teacher_vars: Any, out
       inversion.init_pixel_state(config, experiment.dataset.image_shape, tx),
       lambda state: step(state, teacher_vars, key), config.log_every_steps)
   pool = parallel.to_host(state.pool)
-  _write_samples(experiment, task, pool, outputs, global_offset + experiment.synthesis_steps(task))
+  _write_samples('synthesis', experiment, task, pool, outputs,
+                 global_offset + experiment.synthesis_steps(task))
   return pool, {'synthesis_images_per_second': (
       steps_per_second * config.batch_size / config.iterations if steps_per_second else None)}
 
 
-def _write_samples(experiment: Experiment, task: Task, images: np.ndarray, outputs: _Outputs,
-                   global_step: int) -> None:
-  """A PNG grid of stage I's images in WORKDIR/samples/ and in TensorBoard."""
+def _write_samples(stage: str, experiment: Experiment, task: Task, images: np.ndarray,
+                   outputs: _Outputs, global_step: int) -> None:
+  """A PNG grid of stage I's images in WORKDIR/samples/ and in TensorBoard (`STAGE/samples`)."""
   shown = 128 if images.shape[1] <= 64 else 32  # keeps 224-pixel grids a few MB
   grid = inversion.image_grid(np.asarray(images)[:shown], experiment.dataset.mean,
                               experiment.dataset.std)
@@ -389,7 +390,7 @@ def _write_samples(experiment: Experiment, task: Task, images: np.ndarray, outpu
     folder = experiment.workdir / 'samples'
     folder.mkdir(exist_ok=True)
     report.write_png(folder / f'task{task.index}.png', grid)
-  outputs.writer.write_images(global_step, {'samples': grid[None]})
+  outputs.writer.write_images(global_step, {f'{stage}/samples': grid[None]})
 
 
 def learn_task(experiment: Experiment, task: Task, previous: dict | None,

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # so that `configs` imports as in `python -m mfgr_jax.main`
@@ -34,6 +35,13 @@ def run_main(*args: str, devices: int = 1, timeout: float = 600) -> subprocess.C
   """Runs `python -m mfgr_jax.main ARGS` on `devices` simulated CPU devices."""
   return subprocess.run([sys.executable, '-m', 'mfgr_jax.main', *args], cwd=REPO,
                         env=_env(devices), capture_output=True, text=True, timeout=timeout)
+
+
+def tensorboard_tags(workdir: pathlib.Path) -> set[str]:
+  """Every tag (scalars, images, histograms, ...) written to TensorBoard in `workdir`."""
+  events = event_accumulator.EventAccumulator(str(workdir))
+  events.Reload()
+  return {tag for tags in events.Tags().values() if isinstance(tags, list) for tag in tags}
 
 
 def start_main(*args: str) -> subprocess.Popen:

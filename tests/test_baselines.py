@@ -13,7 +13,8 @@ from mfgr_jax import exemplars, inversion, losses, side_classifiers, train
 from mfgr_jax.methods import lwm
 from mfgr_jax.models.resnet import classify, resnet
 
-from conftest import SMOKE, comparable, kill_9_then_rerun, load_results, run_main
+from conftest import (SMOKE, comparable, kill_9_then_rerun, load_results, run_main,
+                      tensorboard_tags)
 
 DEEPINVERSION_ARGS = ('--config.method=deepinversion', '--config.deepinversion.batches=2',
                       '--config.deepinversion.iterations=8', '--config.deepinversion.batch_size=32',
@@ -154,6 +155,7 @@ def test_deepinversion_runs_writes_samples_and_times_its_synthesis(deepinversion
   assert results['throughput'][1]['synthesis_images_per_second'] > 0
   assert (deepinversion_run / 'samples' / 'task1.png').exists()
   assert scalars(deepinversion_run, 'synthesis/bn_statistics')
+  assert 'synthesis/samples' in tensorboard_tags(deepinversion_run)
 
 
 def test_deepinversion_killed_mid_synthesis_resumes_identically(tmp_path, deepinversion_run):

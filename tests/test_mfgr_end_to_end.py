@@ -7,18 +7,12 @@ classifier 31-48; task 2 generator 49-60, classifier 61-78. Checkpoints every
 
 import PIL.Image
 import pytest
-from tensorboard.backend.event_processing import event_accumulator
 
 from mfgr_jax import train
 from mfgr_jax.errors import UserError
 
-from conftest import SMOKE, comparable, kill_9_then_rerun, load_results, run_main
-
-
-def _tags(workdir):
-  events = event_accumulator.EventAccumulator(str(workdir))
-  events.Reload()
-  return {tag for tags in events.Tags().values() if isinstance(tags, list) for tag in tags}
+from conftest import (SMOKE, comparable, kill_9_then_rerun, load_results, run_main,
+                      tensorboard_tags)
 
 
 @pytest.fixture(scope='module')
@@ -40,7 +34,7 @@ def test_mfgr_smoke_run_writes_results_samples_and_diagnostics(mfgr_run):
     grid = PIL.Image.open(mfgr_run / 'samples' / f'task{task}.png')
     assert grid.size == (16 * 18, 2 * 18)  # 32 samples of 16x16, 16 per row, 1-px frames
   assert not (mfgr_run / 'samples' / 'task0.png').exists()
-  tags = _tags(mfgr_run)
+  tags = tensorboard_tags(mfgr_run)
   for term in ('one_hot', 'class_balance', 'activation', 'signed_difference', 'bn_statistics',
                'diversity', 'mean_prediction_entropy', 'predicted_class', 'samples'):
     assert f'generator/{term}' in tags, term
@@ -61,7 +55,7 @@ def test_ablations_run_with_their_own_terms(smoke_config, tmp_path, mfgr_run, me
   assert results['task0_from'] == str(mfgr_run)
   assert results['accuracy'][0] == load_results(mfgr_run)['accuracy'][0]
   assert (tmp_path / 'samples' / 'task1.png').exists()
-  tags = _tags(tmp_path)
+  tags = tensorboard_tags(tmp_path)
   assert not absent & tags
   assert {'generator/one_hot', 'classifier/kd_generated'} <= tags
 
