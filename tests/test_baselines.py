@@ -140,12 +140,17 @@ def test_pixel_step_descends_the_plain_loss_and_fills_the_pool():
   np.testing.assert_array_equal(state.pool[:6], first_batch)
 
 
-@pytest.fixture(scope='module')
-def deepinversion_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('deepinversion')
-  proc = run_main(f'--config={SMOKE}', f'--workdir={workdir}', *DEEPINVERSION_ARGS)
+def _finished_smoke_run(tmp_path_factory, name: str, args: tuple[str, ...]):
+  """The workdir of an uninterrupted smoke run of `main ARGS`."""
+  workdir = tmp_path_factory.mktemp(name)
+  proc = run_main(f'--config={SMOKE}', f'--workdir={workdir}', *args)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir
+
+
+@pytest.fixture(scope='module')
+def deepinversion_run(tmp_path_factory):
+  return _finished_smoke_run(tmp_path_factory, 'deepinversion', DEEPINVERSION_ARGS)
 
 
 def test_deepinversion_runs_writes_samples_and_times_its_synthesis(deepinversion_run):
@@ -225,10 +230,7 @@ def test_icarl_loss_against_hand_values():
 
 @pytest.fixture(scope='module')
 def icarl_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('icarl')
-  proc = run_main(f'--config={SMOKE}', f'--workdir={workdir}', *ICARL_ARGS)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir
+  return _finished_smoke_run(tmp_path_factory, 'icarl', ICARL_ARGS)
 
 
 def _memory(workdir, task):
