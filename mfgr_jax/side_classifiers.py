@@ -72,7 +72,12 @@ def train_side_heads(features: np.ndarray, labels: np.ndarray, auxiliary_feature
   auxiliary_features = jnp.asarray(auxiliary_features)
 
   @jax.jit
-  def step(heads: Any, opt_state: Any, indices: jax.Array, auxiliary: jax.Array):
+  def step(heads: Any, opt_state: Any, order: jax.Array, step_index: jax.Array):
+    # Batches and auxiliary draws are made on the device: no host work per step.
+    position = step_index % steps_per_epoch
+    indices = jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size)
+    auxiliary = jax.random.randint(jax.random.fold_in(auxiliary_key, step_index), (batch_size,),
+                                   0, len(auxiliary_features))
     grads, metrics = jax.grad(side_heads_loss, has_aux=True)(
         heads, features[indices], labels[indices], auxiliary_features[auxiliary])
     updates, opt_state = tx.update(grads, opt_state, heads)
@@ -82,9 +87,6 @@ def train_side_heads(features: np.ndarray, labels: np.ndarray, auxiliary_feature
   for epoch in range(config.side_epochs):
     order = jax.random.permutation(jax.random.fold_in(order_key, epoch), len(features))
     for position in range(steps_per_epoch):
-      auxiliary = jax.random.randint(
-          jax.random.fold_in(auxiliary_key, epoch * steps_per_epoch + position), (batch_size,),
-          0, len(auxiliary_features))
-      heads, opt_state, metrics = step(
-          heads, opt_state, order[position * batch_size:(position + 1) * batch_size], auxiliary)
+      heads, opt_state, metrics = step(heads, opt_state, order,
+                                       jnp.asarray(epoch * steps_per_epoch + position))
   return jax.device_get(heads), {k: float(v) for k, v in metrics.items()}
