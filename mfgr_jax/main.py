@@ -3,6 +3,11 @@
 Fields of the config can be overridden on the command line, for example
 `--config.method=finetune --config.train.epochs=1`. Running the same command
 again resumes the run in its workdir.
+
+Multi-process runs (TPU pod slices, several GPU hosts) start the same command
+on every host with `--distributed` (the cluster is read from the environment:
+Cloud TPU, SLURM, Open MPI) or with the explicit coordinator flags; see
+`launch/`.
 """
 
 import logging as std_logging
@@ -15,6 +20,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from mfgr_jax import parallel
 from mfgr_jax import train
 from mfgr_jax.errors import UserError
 
@@ -25,6 +31,14 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Output folder; default workdirs/<config name>[-<options>]-<method>-seed<seed>.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Join a multi-process run whose processes JAX finds in the environment '
+    '(Cloud TPU pod, SLURM, Open MPI).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0 of a multi-process run (implies '
+    '--distributed; with --num_processes and --process_id).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the multi-process run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index, 0 .. num_processes-1.')
 
 
 def default_workdir(config_path: str, method: str, seed: int) -> str:
@@ -76,16 +90,28 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.get_absl_handler().addFilter(_quiet_orbax)
   config = _load_config()
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if any(v is not None for v in explicit) and any(v is None for v in explicit):
+    _fail('a multi-process run needs all of --coordinator_address, --num_processes and '
+          '--process_id (or none of them with --distributed)')
+  try:
+    if _DISTRIBUTED.value or explicit[0] is not None:
+      parallel.initialize_processes(*explicit)
+  except UserError as e:
+    _fail(str(e))
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename,
                                               config.method, config.seed)
-  logging.info('JAX devices: %s', jax.devices())
-  print(f'mfgr_jax: workdir {pathlib.Path(workdir).absolute()}', flush=True)
+  logging.info('JAX process %d of %d, devices: %s', jax.process_index(), jax.process_count(),
+               jax.devices())
+  if parallel.is_main_process():
+    print(f'mfgr_jax: workdir {pathlib.Path(workdir).absolute()}', flush=True)
   try:
     results = train.run(config, workdir)
   except UserError as e:
     _fail(str(e))
-  print(f"mfgr_jax: done; accuracy per task {[round(a, 2) for a in results['accuracy']]}, "
-        f"results in {pathlib.Path(workdir).absolute() / 'results.json'}", flush=True)
+  if parallel.is_main_process():
+    print(f"mfgr_jax: done; accuracy per task {[round(a, 2) for a in results['accuracy']]}, "
+          f"results in {pathlib.Path(workdir).absolute() / 'results.json'}", flush=True)
 
 
 if __name__ == '__main__':

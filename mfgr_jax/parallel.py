@@ -6,12 +6,18 @@ In the JAX this project pins (0.12), `jax.pmap` is itself implemented as
 `jit(shard_map(...))` and its helpers (`device_put_replicated`) are removed, so
 we call `shard_map` directly: arrays keep their global shapes, state is
 replicated, batches are split along their leading axis.
+
+The mesh spans the devices of every process of a multi-process run (TPU pod
+slices, multi-node GPU): each process feeds only its own rows of a global
+batch (`local_rows`, `shard`) and `to_host` gathers results from all of them.
 """
 
+import contextlib
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
@@ -39,18 +45,73 @@ def data_parallel(fn: Callable[..., Any], in_specs: tuple, out_specs: Any,
   return jax.jit(mapped, donate_argnums=donate_argnums)
 
 
+def initialize_processes(coordinator_address: str | None, num_processes: int | None,
+                         process_id: int | None) -> None:
+  """Joins a multi-process run (`jax.distributed.initialize`).
+
+  Without arguments JAX reads the cluster from the environment (Cloud TPU
+  pods, SLURM, Open MPI); the three arguments name it explicitly (e.g. two
+  processes on one machine: 'localhost:PORT', 2, 0 and 1). On CPU the
+  processes talk through gloo, JAX's default CPU collectives.
+  """
+  try:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  except (RuntimeError, ValueError) as e:
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise UserError(f'cannot join the multi-process run ({first_line}); pass --coordinator_address, '
+                    '--num_processes and --process_id, or run inside a TPU pod / SLURM job') from None
+
+
+def is_main_process() -> bool:
+  """Process 0 writes results, reports, samples and TensorBoard files."""
+  return jax.process_index() == 0
+
+
+@contextlib.contextmanager
+def main_process_first(name: str) -> Iterator[None]:
+  """Runs the body on process 0 before the others (e.g. preparing a dataset
+  that every process then reads), so that they never write the same files."""
+  if not is_main_process():
+    multihost_utils.sync_global_devices(name)
+  yield
+  if is_main_process():
+    multihost_utils.sync_global_devices(name)
+
+
 def replicate(tree: Any) -> Any:
-  """Places a full copy of `tree` on every device."""
+  """Places a full copy of `tree` (the same on every process) on every device."""
   return jax.device_put(tree, NamedSharding(mesh(), REPLICATED))
 
 
-def shard(tree: Any) -> Any:
-  """Splits the leading (global batch) axis of every leaf across the devices."""
-  return jax.device_put(tree, NamedSharding(mesh(), SHARDED))
+def local_rows(global_batch_size: int) -> slice:
+  """The rows of a global batch that this process's devices hold."""
+  index_map = NamedSharding(mesh(), SHARDED).addressable_devices_indices_map((global_batch_size,))
+  starts = [index[0].start or 0 for index in index_map.values()]
+  stops = [global_batch_size if index[0].stop is None else index[0].stop
+           for index in index_map.values()]
+  if sum(stop - start for start, stop in zip(starts, stops)) != max(stops) - min(starts):
+    raise ValueError('this process\'s devices do not hold contiguous rows of the batch')
+  return slice(min(starts), max(stops))
+
+
+def shard(local_tree: Any) -> Any:
+  """A global batch from this process's rows of it (`local_rows`; every process
+  holds as many), split across the devices along the leading axis."""
+  sharding = NamedSharding(mesh(), SHARDED)
+  return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_process_local_data(
+          sharding, x, (len(x) * jax.process_count(),) + np.shape(x)[1:]), local_tree)
 
 
 def to_host(tree: Any) -> Any:
-  return jax.tree_util.tree_map(np.asarray, tree)
+  """Host numpy copies; arrays spread over several processes are gathered first."""
+
+  def fetch(x: Any) -> np.ndarray:
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+  return jax.tree_util.tree_map(fetch, tree)
 
 
 def check_divisible(batch_size: int, field: str) -> None:

@@ -159,7 +159,8 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
     except ValueError as e:
       raise UserError(f'{method.config_section}: {e}; fix --config.{method.config_section}.*') from None
   # An explicit class order may name a subset: only those classes are loaded.
-  dataset = load_dataset(config.data, listed_classes(config.scenario.class_order))
+  with parallel.main_process_first('prepare data'):
+    dataset = load_dataset(config.data, listed_classes(config.scenario.class_order))
   if config.data.max_train_per_class or config.data.max_test_per_class:
     dataset = subsample_per_class(dataset, config.data.max_train_per_class,
                                   config.data.max_test_per_class)
@@ -212,7 +213,8 @@ def _load_auxiliary(config: ml_collections.ConfigDict, dataset: Dataset) -> Data
   auxiliary = ml_collections.ConfigDict(config.data.to_dict())
   auxiliary.name = config.muc.auxiliary
   auxiliary.synthetic.image_size, _, auxiliary.synthetic.channels = dataset.image_shape
-  loaded = load_dataset(auxiliary, None)
+  with parallel.main_process_first('prepare auxiliary data'):
+    loaded = load_dataset(auxiliary, None)
   if loaded.image_shape != dataset.image_shape:
     raise UserError(f'muc.auxiliary={auxiliary.name!r} has {loaded.image_shape} images but '
                     f'{dataset.name} has {dataset.image_shape}; choose another dataset or set '
@@ -226,7 +228,8 @@ class BatchSampler:
   Epoch e visits the task's images in a permutation keyed by (seed, task, e);
   step s takes the (s mod steps_per_epoch)-th full batch of it (the last
   partial batch is dropped, so every step has the same shape). Each image gets
-  its own augmentation key from (seed, task, s, position).
+  its own augmentation key from (seed, task, s, position). A process reads only
+  its own rows of each global batch (`parallel.local_rows`).
   """
 
   def __init__(self, experiment: Experiment, task: Task, indices: np.ndarray):
@@ -238,6 +241,7 @@ class BatchSampler:
     self._order_key = experiment.task_key(task, _ORDER)
     self._augment_key = experiment.task_key(task, _AUGMENT)
     self._epoch, self._permutation = None, None
+    self._rows = parallel.local_rows(self._batch_size)
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     epoch, position = divmod(step, self._steps_per_epoch)
@@ -247,8 +251,9 @@ class BatchSampler:
           jax.random.fold_in(self._order_key, epoch), self._indices))
     chosen = self._permutation[position * self._batch_size:(position + 1) * self._batch_size]
     keys = jax.random.split(jax.random.fold_in(self._augment_key, step), self._batch_size)
+    chosen = chosen[self._rows]
     return {'image': self._images[chosen], 'label': self._targets[chosen],
-            'aug_key': np.asarray(keys)}
+            'aug_key': np.asarray(keys)[self._rows]}
 
 
 def _variables_like(experiment: Experiment, num_classes: int) -> dict:
@@ -384,9 +389,9 @@ def _write_samples(stage: str, experiment: Experiment, task: Task, images: np.nd
                    outputs: _Outputs, global_step: int) -> None:
   """A PNG grid of stage I's images in WORKDIR/samples/ and in TensorBoard (`STAGE/samples`)."""
   shown = 128 if images.shape[1] <= 64 else 32  # keeps 224-pixel grids a few MB
-  grid = inversion.image_grid(np.asarray(images)[:shown], experiment.dataset.mean,
+  grid = inversion.image_grid(parallel.to_host(images)[:shown], experiment.dataset.mean,
                               experiment.dataset.std)
-  if jax.process_index() == 0:
+  if parallel.is_main_process():
     folder = experiment.workdir / 'samples'
     folder.mkdir(exist_ok=True)
     report.write_png(folder / f'task{task.index}.png', grid)
@@ -524,13 +529,13 @@ def _mean_importance(experiment: Experiment, task: Task, model: Any, variables: 
                                             experiment.dataset.mean, experiment.dataset.std)
   indices = experiment.train_indices(task)
   batch_size = config.importance_batch_size
-  replicated, total = parallel.replicate(variables), None
+  replicated, total, rows = parallel.replicate(variables), None, parallel.local_rows(batch_size)
   for begin in range(0, len(indices), batch_size):
-    chunk = experiment.dataset.train_images[indices[begin:begin + batch_size]]
-    weights = np.arange(batch_size) < len(chunk)  # zero weight on the padding
-    chunk = np.concatenate([chunk, np.zeros((batch_size - len(chunk),) + chunk.shape[1:],
-                                            chunk.dtype)])
-    summed = step(replicated, parallel.shard(chunk), parallel.shard(weights.astype(np.float32)))
+    chunk = indices[begin:begin + batch_size]
+    weights = (np.arange(batch_size) < len(chunk)).astype(np.float32)  # zero on the padding
+    chunk = np.concatenate([chunk, np.zeros(batch_size - len(chunk), chunk.dtype)])
+    summed = step(replicated, parallel.shard(experiment.dataset.train_images[chunk[rows]]),
+                  parallel.shard(weights[rows]))
     total = summed if total is None else jax.tree.map(jnp.add, total, summed)
   return jax.tree.map(lambda x: x / len(indices), parallel.to_host(total))
 
@@ -577,12 +582,12 @@ def train_side_classifiers(experiment: Experiment, task: Task, variables: dict) 
 
 def _in_batches(step: Callable, variables: dict, images: np.ndarray, batch_size: int) -> np.ndarray:
   """`step(variables, batch)` over `images` in batches padded to `batch_size`, concatenated."""
-  replicated, outputs = parallel.replicate(variables), []
+  replicated, outputs, rows = parallel.replicate(variables), [], parallel.local_rows(batch_size)
   for begin in range(0, len(images), batch_size):
     chunk = images[begin:begin + batch_size]
     valid = len(chunk)
     chunk = np.concatenate([chunk, np.zeros((batch_size - valid,) + chunk.shape[1:], chunk.dtype)])
-    outputs.append(np.asarray(step(replicated, parallel.shard(chunk)))[:valid])
+    outputs.append(parallel.to_host(step(replicated, parallel.shard(chunk[rows])))[:valid])
   return np.concatenate(outputs)
 
 
@@ -771,14 +776,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   experiment = build_experiment(config, workdir)
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    lock = lock_workdir(workdir) if jax.process_index() == 0 else None
+    lock = lock_workdir(workdir) if parallel.is_main_process() else None
   except OSError as e:
     raise UserError(f'cannot write to workdir {workdir} ({e.strerror}); choose a writable '
                     '--workdir') from None
-  report.write_json(workdir / 'config.json', config.to_dict())
+  main_process = parallel.is_main_process()
+  if main_process:
+    report.write_json(workdir / 'config.json', config.to_dict())
   # TensorBoard only: the step log lines below already go to the console.
   writer = (metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))
-            if jax.process_index() == 0 else metric_writers.MultiWriter([]))
+            if main_process else metric_writers.MultiWriter([]))
   checkpoints = Checkpoints(workdir / 'checkpoints')
 
   results, previous, method_state, start = new_results(experiment), None, None, 0
@@ -824,8 +831,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpoints.save_task(task.index, previous,
                           {'results': results, 'fingerprint': experiment.fingerprint()},
                           method_state)
-    report.write_json(workdir / 'results.json', results)
-    report.write_atomic(workdir / 'report.md', report.results_markdown(results))
+    if main_process:
+      report.write_json(workdir / 'results.json', results)
+      report.write_atomic(workdir / 'report.md', report.results_markdown(results))
     logging.info('After task %d: accuracy %.2f%% (old %s, new %.2f%%) per task %s', task.index,
                  metrics['accuracy'], metrics['old_accuracy'], metrics['new_accuracy'],
                  json.dumps([round(a, 2) for a in metrics['task_accuracies']]))

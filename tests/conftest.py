@@ -26,7 +26,7 @@ def load_results(workdir) -> dict:
   return json.loads((pathlib.Path(workdir) / 'results.json').read_text())
 
 
-def _env(devices: int) -> dict:
+def env(devices: int) -> dict:
   return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
               JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
 
@@ -34,7 +34,7 @@ def _env(devices: int) -> dict:
 def run_main(*args: str, devices: int = 1, timeout: float = 600) -> subprocess.CompletedProcess:
   """Runs `python -m mfgr_jax.main ARGS` on `devices` simulated CPU devices."""
   return subprocess.run([sys.executable, '-m', 'mfgr_jax.main', *args], cwd=REPO,
-                        env=_env(devices), capture_output=True, text=True, timeout=timeout)
+                        env=env(devices), capture_output=True, text=True, timeout=timeout)
 
 
 def tensorboard_tags(workdir: pathlib.Path) -> set[str]:
@@ -46,7 +46,7 @@ def tensorboard_tags(workdir: pathlib.Path) -> set[str]:
 
 def start_main(*args: str) -> subprocess.Popen:
   """Starts `python -m mfgr_jax.main ARGS` on one CPU device, output discarded."""
-  return subprocess.Popen([sys.executable, '-m', 'mfgr_jax.main', *args], cwd=REPO, env=_env(1),
+  return subprocess.Popen([sys.executable, '-m', 'mfgr_jax.main', *args], cwd=REPO, env=env(1),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
