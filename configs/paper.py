@@ -69,7 +69,8 @@ def cifar100(base_classes: int, increment: int, arg: str | None) -> ml_collectio
   config.data.name = 'cifar100'
   config.scenario.base_classes = base_classes
   config.scenario.increment = increment
-  config.model = ml_collections.ConfigDict(dict(depth=34, width=64, stem='cifar'))
+  config.model = ml_collections.ConfigDict(dict(depth=34, width=64, stem='cifar',
+                                                compute_dtype='float32'))
   return shrink_for_debug(config) if 'debug' in options else config
 
 
@@ -108,7 +109,8 @@ def cub(class_order: tuple[int, ...], base_classes: int, increment: int, name: s
   config.scenario.class_order = ','.join(map(str, class_order))
   config.scenario.base_classes = base_classes
   config.scenario.increment = increment
-  config.model = ml_collections.ConfigDict(dict(depth=18, width=64, stem='imagenet'))
+  config.model = ml_collections.ConfigDict(dict(depth=18, width=64, stem='imagenet',
+                                                compute_dtype='float32'))
   config.train.epochs = 100
   config.eval_batch_size = 200
   config.generator.architecture = 'pyramid'

@@ -63,7 +63,8 @@ class Experiment:
 
   def model(self, num_classes: int):
     return resnet(self.config.model.depth, num_classes, self.config.model.width,
-                  self.config.model.stem, bn_axis_name=parallel.AXIS)
+                  self.config.model.stem, bn_axis_name=parallel.AXIS,
+                  dtype=self.config.model.compute_dtype)
 
   def generator(self) -> Generator:
     height, _, channels = self.dataset.image_shape
@@ -137,7 +138,8 @@ class Experiment:
 def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Experiment:
   method = get_method(config.method)
   try:
-    resnet(config.model.depth, 1, config.model.width, config.model.stem)
+    resnet(config.model.depth, 1, config.model.width, config.model.stem,
+           dtype=config.model.compute_dtype)
   except ValueError as e:
     raise UserError(f'model: {e}; fix --config.model.*') from None
   _check_positive(config, ('train.batch_size', 'eval_batch_size', 'log_every_steps',

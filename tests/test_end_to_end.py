@@ -114,6 +114,8 @@ def test_resuming_with_another_config_is_refused(smoke_config, lwf_run, tmp_path
     ('--config.method=ewc --config.ewc.accumulate=max', "accumulate must be 'average' or 'sum'"),
     ('--config.method=mas --config.mas.importance_batch_size=0', 'must be positive'),
     ('--config.model.stem=foo', "stem must be 'cifar' or 'imagenet'"),
+    ('--config.model.compute_dtype=float16', "compute_dtype must be 'float32' or 'bfloat16'"),
+    ('--num_processes=2', 'needs all of --coordinator_address, --num_processes and --process_id'),
     ('--config.method=mfgr --config.generator.architecture=gan', 'unknown generator architecture'),
     ('--config.log_every_steps=0', 'log_every_steps=0 must be positive'),
     ('--workdir=/proc/mfgr_jax_run', 'cannot write to workdir /proc/mfgr_jax_run'),

@@ -110,3 +110,26 @@ def test_widen_head_keeps_old_rows():
   logits5, _ = resnet(18, 5, width=4).apply({'params': wide, 'batch_stats': batch_stats}, x,
                                             train=False)
   np.testing.assert_allclose(logits5[:, :3], logits3, rtol=1e-5, atol=1e-6)
+
+
+def test_mixed_precision_computes_in_bfloat16_and_keeps_float32_state():
+  images = jax.random.normal(jax.random.PRNGKey(1), (8, 16, 16, 3))
+  full, mixed = resnet(18, 5, 8), resnet(18, 5, 8, dtype='bfloat16')
+  variables = full.init(jax.random.PRNGKey(0), images, train=False)
+  (logits, features), state = mixed.apply(variables, images, train=True, mutable=['batch_stats'])
+  assert logits.dtype == features.dtype == jnp.float32
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state))
+  convolutions = [e for e in jax.make_jaxpr(
+      lambda v: mixed.apply(v, images, train=False))(variables).jaxpr.eqns
+                  if e.primitive.name == 'conv_general_dilated']
+  assert convolutions and all(e.outvars[0].aval.dtype == jnp.bfloat16 for e in convolutions)
+  # bfloat16 keeps 8 significant bits: the logits agree to about 1e-2.
+  reference, _ = full.apply(variables, images, train=False)
+  mixed_logits, _ = mixed.apply(variables, images, train=False)
+  np.testing.assert_allclose(mixed_logits, reference, rtol=0.05, atol=0.05)
+  assert not np.array_equal(mixed_logits, reference)
+
+
+def test_unknown_compute_dtype_is_refused():
+  with pytest.raises(ValueError, match='compute_dtype'):
+    resnet(18, 5, 8, dtype='float16')

@@ -33,10 +33,11 @@ def torch_bias_init(fan_in: int) -> nn.initializers.Initializer:
 class Linear(nn.Module):
   """nn.Dense with PyTorch's default initialisation of kernel and bias."""
   features: int
+  dtype: Any = jnp.float32  # computation dtype; parameters stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return nn.Dense(self.features, kernel_init=torch_kernel_init,
+    return nn.Dense(self.features, kernel_init=torch_kernel_init, dtype=self.dtype,
                     bias_init=torch_bias_init(x.shape[-1]), name='dense')(x)
 
 
@@ -53,6 +54,7 @@ class InputStatsBatchNorm(nn.Module):
   """
   epsilon: float = 1e-5
   axis_name: str | None = None
+  dtype: Any = jnp.float32  # computation dtype; statistics stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
@@ -63,7 +65,7 @@ class InputStatsBatchNorm(nn.Module):
       self.sow(BN_INPUT_MOMENTS, 'moments', moments,
                init_fn=lambda: (), reduce_fn=lambda _, new: new)
     # Flax's momentum is the weight of the old running value: 0.9 == torch 0.1.
-    return nn.BatchNorm(use_running_average=use_running_average, momentum=0.9,
+    return nn.BatchNorm(use_running_average=use_running_average, momentum=0.9, dtype=self.dtype,
                         epsilon=self.epsilon, axis_name=self.axis_name, name='bn')(x)
 
 

@@ -3,6 +3,10 @@
 3x3 stem without max-pool (or torchvision's ImageNet stem), four stages of
 BasicBlocks, global average pool and a linear head. At 32x32 input the last map is 4x4, so the global pool equals the
 code's `avg_pool2d(4)`; it also serves 28x28 (last map 4x4) and 64x64 inputs.
+
+Mixed precision: with `dtype=jnp.bfloat16` convolutions, BatchNorm and the
+head compute in bfloat16 while parameters, BatchNorm statistics and the
+returned logits and features stay float32 (so every loss is float32).
 """
 
 import functools
@@ -26,11 +30,13 @@ class BasicBlock(nn.Module):
   features: int
   strides: int
   bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=torch_kernel_init)
-    norm = functools.partial(InputStatsBatchNorm, axis_name=self.bn_axis_name)
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=torch_kernel_init,
+                             dtype=self.dtype)
+    norm = functools.partial(InputStatsBatchNorm, axis_name=self.bn_axis_name, dtype=self.dtype)
     y = conv(self.features, (3, 3), (self.strides, self.strides), padding=_PAD1)(x)
     y = nn.relu(norm()(y, use_running_average=not train))
     y = conv(self.features, (3, 3), padding=_PAD1)(y)
@@ -50,10 +56,11 @@ def global_pool(feature_map: jax.Array) -> jax.Array:
 class Head(nn.Module):
   """The linear classifier over the pooled feature; widened between tasks."""
   num_classes: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, features: jax.Array) -> jax.Array:
-    return Linear(self.num_classes, name='linear')(features)
+    return Linear(self.num_classes, dtype=self.dtype, name='linear')(features)
 
 
 class ResNet(nn.Module):
@@ -63,16 +70,17 @@ class ResNet(nn.Module):
   width: int = 64
   stem: str = 'cifar'
   bn_axis_name: str | None = None
+  dtype: Any = jnp.float32  # computation dtype (mixed precision: bfloat16)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
     if self.stem == 'cifar':
       x = nn.Conv(self.width, (3, 3), padding=_PAD1, use_bias=False,
-                  kernel_init=torch_kernel_init, name='stem_conv')(x)
+                  kernel_init=torch_kernel_init, dtype=self.dtype, name='stem_conv')(x)
     else:
       x = nn.Conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                  kernel_init=torch_kernel_init, name='stem_conv')(x)
-    x = InputStatsBatchNorm(axis_name=self.bn_axis_name, name='stem_bn')(
+                  kernel_init=torch_kernel_init, dtype=self.dtype, name='stem_conv')(x)
+    x = InputStatsBatchNorm(axis_name=self.bn_axis_name, dtype=self.dtype, name='stem_bn')(
         x, use_running_average=not train)
     x = nn.relu(x)
     if self.stem == 'imagenet':
@@ -81,28 +89,33 @@ class ResNet(nn.Module):
     for stage, num_blocks in enumerate(self.stage_blocks):
       for block in range(num_blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(self.width * 2**stage, strides, self.bn_axis_name,
+        x = BasicBlock(self.width * 2**stage, strides, self.bn_axis_name, self.dtype,
                        name=f'stage{stage + 1}_block{block + 1}')(x, train)
+    x = x.astype(jnp.float32)
     # Grad-CAM (LwM) needs the last stage's map: `classify` reads it from here.
     self.sow(INTERMEDIATES, FEATURE_MAP, x)
     features = global_pool(x)
-    return Head(self.num_classes, name='head')(features), features
+    logits = Head(self.num_classes, self.dtype, name='head')(features)
+    return logits.astype(jnp.float32), features
 
 
 def resnet(depth: int, num_classes: int, width: int = 64, stem: str = 'cifar',
-           bn_axis_name: str | None = None) -> ResNet:
+           bn_axis_name: str | None = None, dtype: str = 'float32') -> ResNet:
   """ResNet-18 or ResNet-34 with base width `width` (64 in the paper).
 
   `stem`: 'cifar' (3x3 conv, no pooling; CIFAR and Tiny ImageNet) or
   'imagenet' (7x7 stride-2 conv and 3x3 stride-2 max-pool, torchvision's
   ResNet, which the paper's CUB/Caltech experiments use at 224x224).
+  `dtype`: 'float32', or 'bfloat16' for mixed precision (module docstring).
   """
   if depth not in STAGE_BLOCKS:
     raise ValueError(f'depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}')
   if stem not in ('cifar', 'imagenet'):
     raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
+  if dtype not in ('float32', 'bfloat16'):
+    raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {dtype!r}")
   return ResNet(num_classes=num_classes, stage_blocks=STAGE_BLOCKS[depth], width=width,
-                stem=stem, bn_axis_name=bn_axis_name)
+                stem=stem, bn_axis_name=bn_axis_name, dtype=jnp.dtype(dtype))
 
 
 def widen_head(params: dict, num_classes: int, rng: jax.Array) -> dict:
