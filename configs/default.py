@@ -52,6 +52,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.momentum = 0.9
   config.train.weight_decay = 5e-4
   config.eval_batch_size = 1000
+  # A step whose loss or gradient is NaN/Inf is never applied; then 'stop' ends
+  # the run naming the step and the terms, 'skip' counts it (results.json's
+  # skipped_steps) and goes on.
+  config.on_nonfinite = 'stop'
 
   # Knowledge distillation of lwf and the generator methods: soft-target CE at
   # this temperature, without Hinton's T^2 factor unless asked (the code has none).

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from mfgr_jax import numerics
 from mfgr_jax import parallel
 from mfgr_jax.data.augment import augment, normalize
 from mfgr_jax.methods import ClassifierLoss, ReplayLoss
@@ -86,7 +87,8 @@ def _apply_gradients(state: TrainState, tx: optax.GradientTransformation,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                          batch_stats=batch_stats, opt_state=opt_state)
-  return new_state, metrics
+  return numerics.guard(numerics.all_finite((grads, metrics, new_state.params)), new_state, state,
+                        metrics)
 
 
 class ReplaySource(NamedTuple):

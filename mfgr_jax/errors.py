@@ -1,9 +1,20 @@
-"""The one exception type that the entry point turns into a one-line message."""
+"""Exceptions that the entry point turns into one line on stderr and an exit status."""
 
 
 class UserError(Exception):
   """Bad input or environment: the message says what is wrong and how to fix it.
 
-  `main` prints it on one line to stderr and exits with status 2, without a
-  traceback. Raise it only for problems the user can act on.
+  `main` prints it on one line to stderr and exits with `exit_status`, without
+  a traceback. Raise it only for problems the user can act on.
   """
+  exit_status = 2
+
+
+class Interrupted(UserError):
+  """SIGTERM/SIGINT: a checkpoint was saved; the same command continues the run."""
+  exit_status = 3
+
+
+class NonFiniteLoss(UserError):
+  """A loss or gradient was NaN/Inf (the update was not applied) and the config says stop."""
+  exit_status = 4

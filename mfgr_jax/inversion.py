@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from mfgr_jax import losses
+from mfgr_jax import numerics
 from mfgr_jax import parallel
 from mfgr_jax.models.layers import BN_INPUT_MOMENTS, bn_input_statistics
 
@@ -128,7 +129,8 @@ def make_generator_step(generator: nn.Module, teacher: nn.Module, tx: optax.Grad
     new_state = GeneratorState(step=state.step + 1,
                                params=optax.apply_updates(state.params, updates),
                                opt_state=opt_state)
-    return new_state, metrics
+    return numerics.guard(numerics.all_finite((grads, metrics, new_state.params)), new_state,
+                          state, metrics)
 
   mapped = parallel.data_parallel(
       per_device, in_specs=(parallel.REPLICATED, parallel.REPLICATED, parallel.SHARDED,
@@ -209,7 +211,11 @@ def make_pixel_step(teacher: nn.Module, tx: optax.GradientTransformation,
     # global loss's gradient w.r.t. the device's pixels.
     grads = grads / jax.lax.psum(1, parallel.AXIS)
     updates, opt_state = tx.update(grads, opt_state, pixels)
-    return optax.apply_updates(pixels, updates), opt_state, parallel.pmean(metrics)
+    # Every device must agree, as each holds only its rows' gradients.
+    pixels = optax.apply_updates(pixels, updates)
+    finite = jax.lax.pmin(numerics.all_finite((grads, metrics, pixels)).astype(jnp.int32),
+                          parallel.AXIS).astype(bool)
+    return pixels, opt_state, parallel.pmean(metrics), finite
 
   example_opt_state = tx.init(jnp.zeros((config.batch_size, 1)))
   opt_specs = jax.tree.map(lambda x: parallel.SHARDED if x.ndim else parallel.REPLICATED,
@@ -217,7 +223,7 @@ def make_pixel_step(teacher: nn.Module, tx: optax.GradientTransformation,
   mapped = parallel.data_parallel(
       per_device, in_specs=(parallel.SHARDED, opt_specs, parallel.REPLICATED, parallel.SHARDED,
                             parallel.REPLICATED),
-      out_specs=(parallel.SHARDED, opt_specs, parallel.REPLICATED))
+      out_specs=(parallel.SHARDED, opt_specs, parallel.REPLICATED, parallel.REPLICATED))
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def step(state, teacher_vars, key):
@@ -229,13 +235,16 @@ def make_pixel_step(teacher: nn.Module, tx: optax.GradientTransformation,
     opt_state = jax.tree.map(lambda new, old: jnp.where(start, new, old), tx.init(pixels),
                              state.opt_state)
     targets = (batch * config.batch_size + jnp.arange(config.batch_size)) % num_classes
-    pixels, opt_state, metrics = mapped(pixels, opt_state, teacher_vars,
-                                        parallel.sharded(targets),
-                                        jax.random.fold_in(jitter_key, iteration))
+    new_pixels, new_opt_state, metrics, finite = mapped(pixels, opt_state, teacher_vars,
+                                                        parallel.sharded(targets),
+                                                        jax.random.fold_in(jitter_key, iteration))
+    pixels, opt_state = numerics.keep_if_finite(finite, (new_pixels, new_opt_state),
+                                                (pixels, opt_state))
     written = jax.lax.dynamic_update_slice_in_dim(state.pool, pixels,
                                                   batch * config.batch_size, axis=0)
     pool = jnp.where(iteration == config.iterations - 1, written, state.pool)
-    return PixelState(step=state.step + 1, pixels=pixels, opt_state=opt_state, pool=pool), metrics
+    return (PixelState(step=state.step + 1, pixels=pixels, opt_state=opt_state, pool=pool),
+            numerics.with_skipped(metrics, finite))
 
   return step
 

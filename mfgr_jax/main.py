@@ -11,6 +11,7 @@ Cloud TPU, SLURM, Open MPI) or with the explicit coordinator flags; see
 """
 
 import logging as std_logging
+import os
 import pathlib
 import sys
 
@@ -48,13 +49,28 @@ def default_workdir(config_path: str, method: str, seed: int) -> str:
 
 
 def _quiet_orbax(record) -> bool:
-  # Orbax logs every phase of every save at INFO; keep its warnings and errors.
-  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+  # Orbax logs every phase of every save at INFO; keep its warnings and errors, without
+  # the tracebacks of its background threads (our one-line error says what failed).
+  if '/orbax/' not in record.pathname:
+    return True
+  record.exc_info, record.exc_text = None, None
+  return record.levelno >= std_logging.WARNING
 
 
-def _fail(message: str) -> None:
-  print(f'mfgr_jax: error: {" ".join(message.split())}', file=sys.stderr)
-  sys.exit(2)
+def _quiet_closed_event_loops(unraisable) -> None:
+  # After a failed checkpoint write, TensorStore's callbacks into Orbax's finished
+  # event loops raise 'Event loop is closed'; nothing is lost, so do not print them.
+  if not (isinstance(unraisable.exc_value, RuntimeError) and
+          'Event loop is closed' in str(unraisable.exc_value)):
+    sys.__unraisablehook__(unraisable)
+
+
+def _fail(message: str, exit_status: int = 2) -> None:
+  print(f'mfgr_jax: error: {" ".join(message.split())}', file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  # Not sys.exit: after a failed checkpoint read or write, Orbax's background threads
+  # would print tracebacks while the interpreter shuts down. Our files are closed.
+  os._exit(exit_status)  # pylint: disable=protected-access
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -89,6 +105,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.get_absl_handler().addFilter(_quiet_orbax)
+  sys.unraisablehook = _quiet_closed_event_loops
   config = _load_config()
   explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if any(v is not None for v in explicit) and any(v is None for v in explicit):
@@ -108,7 +125,12 @@ def main(argv: list[str]) -> None:
   try:
     results = train.run(config, workdir)
   except UserError as e:
-    _fail(str(e))
+    _fail(str(e), e.exit_status)
+  except OSError as e:  # a full disk or a lost mount while writing checkpoints or results
+    what = e.filename or 'the workdir'
+    _fail(f'cannot write {what} ({e.strerror or e}); free space on that disk (or fix its '
+          'permissions) and run the same command again: it resumes from the last complete '
+          'checkpoint')
   if parallel.is_main_process():
     print(f"mfgr_jax: done; accuracy per task {[round(a, 2) for a in results['accuracy']]}, "
           f"results in {pathlib.Path(workdir).absolute() / 'results.json'}", flush=True)

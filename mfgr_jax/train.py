@@ -28,12 +28,14 @@ from mfgr_jax import consolidation
 from mfgr_jax import evaluation
 from mfgr_jax import exemplars
 from mfgr_jax import inversion
+from mfgr_jax import numerics
 from mfgr_jax import parallel
+from mfgr_jax import preemption
 from mfgr_jax import report
 from mfgr_jax import side_classifiers
 from mfgr_jax.checkpoints import Checkpoints
 from mfgr_jax.data.loading import Dataset, load_dataset, subsample_per_class
-from mfgr_jax.errors import UserError
+from mfgr_jax.errors import Interrupted, NonFiniteLoss, UserError
 from mfgr_jax.methods import Method, get_method, mas
 from mfgr_jax.models.generator import Generator, generator_features
 from mfgr_jax.models.resnet import resnet, widen_head
@@ -144,6 +146,8 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
     raise UserError(f'model: {e}; fix --config.model.*') from None
   _check_positive(config, ('train.batch_size', 'eval_batch_size', 'log_every_steps',
                            'checkpoint_every_steps'))
+  if config.on_nonfinite not in ('stop', 'skip'):
+    raise UserError(f"on_nonfinite={config.on_nonfinite!r} must be 'stop' or 'skip'")
   parallel.check_divisible(config.train.batch_size, 'train.batch_size')
   parallel.check_divisible(config.eval_batch_size, 'eval_batch_size')
   if method.synthesis:
@@ -270,6 +274,10 @@ class _Outputs:
   checkpoints: Checkpoints
   writer: metric_writers.MetricWriter
   progress: periodic_actions.ReportProgress
+  on_nonfinite: str  # 'stop' or 'skip' (config.on_nonfinite)
+  # Updates not applied in the current task because a loss or gradient was not
+  # finite, per stage (on_nonfinite='skip'); saved with the progress checkpoints.
+  skipped: dict = dataclasses.field(default_factory=dict)
 
 
 def _report(outputs: _Outputs, stage: str, task: Task, step: int, total_steps: int,
@@ -296,27 +304,69 @@ def _run_stage(stage: str, experiment: Experiment, task: Task, outputs: _Outputs
   progress checkpoint every `checkpoint_every_steps`, with the stage's name,
   step and the seconds spent so far. Updates `seconds[stage]`; returns the
   state and the steps per second (excluding the first, compiling step).
+  Whether a step's update was skipped as non-finite is read at log and
+  checkpoint steps (`_check_finite`). On SIGTERM/SIGINT it saves at the
+  current step and raises `Interrupted`.
   """
   first_step, seconds_before = int(state.step), seconds.get(stage, 0.0)
-  start, timed_from = time.time(), None
+  start, timed_from, unchecked = time.time(), None, []
   for step in range(first_step, total_steps):
     state, metrics = step_fn(state, step)
+    unchecked.append((step + 1, metrics))
     if timed_from is None:
       jax.block_until_ready(state)
       timed_from = (step + 1, time.time())
     global_step = global_offset + step + 1
     outputs.progress(global_step)
-    if (step + 1) % log_every == 0 or step + 1 == total_steps:
+    log = (step + 1) % log_every == 0 or step + 1 == total_steps
+    save = (step + 1) % experiment.config.checkpoint_every_steps == 0 and step + 1 < total_steps
+    stop = preemption.requested(global_step)
+    if log or save or stop:
+      _check_finite(outputs, stage, task, unchecked)
+      unchecked = []
+    if log:
       _report(outputs, stage, task, step + 1, total_steps, global_step, metrics)
-    if (step + 1) % experiment.config.checkpoint_every_steps == 0 and step + 1 < total_steps:
+    if save or stop:
       seconds[stage] = seconds_before + time.time() - start
-      outputs.checkpoints.save_progress(global_step, payload(state), {
-          'task': task.index, 'stage': stage, 'step': step + 1, 'seconds': seconds})
+      outputs.checkpoints.save_progress(global_step, payload(state), _progress_meta(
+          experiment, task, stage, step + 1, seconds, outputs))
+    if stop:
+      outputs.checkpoints.wait()
+      raise Interrupted(f'stopped by {stop} in task {task.index} {stage} at step {step + 1}/'
+                        f'{total_steps}; saved a checkpoint there; run the same command to '
+                        'continue')
   jax.block_until_ready(state)
   end = time.time()
   seconds[stage] = seconds_before + end - start
   timed_steps = total_steps - timed_from[0] if timed_from else 0
   return state, (timed_steps / (end - timed_from[1]) if timed_steps else None)
+
+
+def _progress_meta(experiment: Experiment, task: Task, stage: str, step: int, seconds: dict,
+                   outputs: _Outputs) -> dict:
+  """What a mid-task checkpoint records besides the state (checked and read on resume)."""
+  return {'task': task.index, 'stage': stage, 'step': step, 'seconds': seconds,
+          'skipped': outputs.skipped, 'fingerprint': experiment.fingerprint()}
+
+
+def _check_finite(outputs: _Outputs, stage: str, task: Task,
+                  steps: list[tuple[int, dict]]) -> None:
+  """Stops (NonFiniteLoss) or counts the steps whose update was skipped as non-finite."""
+  bad = [(step, metrics) for step, metrics in steps if float(metrics[numerics.SKIPPED])]
+  if not bad:
+    return
+  if outputs.on_nonfinite == 'skip':
+    outputs.skipped[stage] = outputs.skipped.get(stage, 0) + len(bad)
+    logging.warning('task %d %s: skipped %d non-finite updates (steps %s)', task.index, stage,
+                    len(bad), [step for step, _ in bad])
+    return
+  step, metrics = bad[0]
+  terms = [k for k, v in metrics.items() if np.ndim(v) == 0 and not np.isfinite(float(v))]
+  what = ', '.join(terms) or 'a gradient or new parameter'
+  raise NonFiniteLoss(
+      f'task {task.index} {stage} step {step}: {what} not finite; the update was not applied '
+      f'and the run stopped; {outputs.checkpoints.latest_description()}; lower the learning '
+      'rate or the loss weights, or set --config.on_nonfinite=skip to skip such updates')
 
 
 def record_knowledge(experiment: Experiment, task: Task, teacher_vars: Any, outputs: _Outputs,
@@ -341,8 +391,8 @@ def _run_stage_one(stage: str, experiment: Experiment, task: Task, outputs: _Out
       stage, experiment, task, outputs, lambda state, _: step(state), parallel.replicate(state),
       total_steps, global_offset, lambda state: {stage: state}, seconds, log_every)
   if first_step < total_steps:  # a finished stage I survives a kill during stage II
-    outputs.checkpoints.save_progress(global_offset + total_steps, {stage: state}, {
-        'task': task.index, 'stage': stage, 'step': total_steps, 'seconds': seconds})
+    outputs.checkpoints.save_progress(global_offset + total_steps, {stage: state}, _progress_meta(
+        experiment, task, stage, total_steps, seconds, outputs))
   return state, steps_per_second
 
 
@@ -413,6 +463,7 @@ def learn_task(experiment: Experiment, task: Task, previous: dict | None,
   meta = outputs.checkpoints.progress_meta()
   resume = meta if meta is not None and meta['task'] == task.index else None
   seconds = dict(resume['seconds']) if resume else {}
+  outputs.skipped = dict(resume.get('skipped', {})) if resume else {}
   teacher = experiment.model(task.num_old) if method.uses_teacher and task.num_old else None
   teacher_vars = parallel.replicate(previous) if teacher is not None else None
   throughput = {}
@@ -672,6 +723,7 @@ def new_results(experiment: Experiment) -> dict:
       'tasks': [list(t.classes) for t in experiment.tasks],
       'accuracy': [], 'accuracy_matrix': [], 'old_accuracy': [], 'new_accuracy': [],
       'per_class_accuracy': [], 'confusion_matrix': [], 'seconds': [], 'throughput': [],
+      'skipped_steps': [],
       'task0_from': None,
       'average_incremental_accuracy': None, 'last_accuracy': None, 'forgetting': None,
       'metric_definitions': evaluation.__doc__.split('\n\n', 1)[1].strip(),
@@ -679,7 +731,7 @@ def new_results(experiment: Experiment) -> dict:
 
 
 def record_task(results: dict, experiment: Experiment, metrics: dict, seconds: dict,
-                throughput: dict) -> None:
+                throughput: dict, skipped: dict) -> None:
   """Appends one task's evaluation to `results` and refreshes the summaries."""
   results['accuracy'].append(metrics['accuracy'])
   results['accuracy_matrix'].append(metrics['task_accuracies'])
@@ -690,6 +742,7 @@ def record_task(results: dict, experiment: Experiment, metrics: dict, seconds: d
   results['confusion_matrix'].append(metrics['confusion_matrix'])
   results['seconds'].append(seconds)
   results['throughput'].append(throughput)
+  results['skipped_steps'].append(dict(skipped))
   results['average_incremental_accuracy'] = evaluation.average_incremental_accuracy(
       results['accuracy'])
   results['last_accuracy'] = results['accuracy'][-1]
@@ -772,6 +825,29 @@ def lock_workdir(workdir: pathlib.Path) -> IO[str]:
   return handle
 
 
+def _resume(experiment: Experiment, checkpoints: Checkpoints) -> tuple[dict, Any, Any, int]:
+  """(results, model variables, method state, first task to run) from the workdir's
+  checkpoints, after checking they were made with this config."""
+  where = f'workdir {experiment.workdir}'
+  results, previous, method_state, start = new_results(experiment), None, None, 0
+  last = checkpoints.last_task()
+  if last is not None:
+    meta = checkpoints.task_meta(last)
+    _check_fingerprint(meta['fingerprint'], experiment.fingerprint(), where)
+    previous, meta = checkpoints.restore_task(
+        last, _variables_like(experiment, experiment.tasks[last].num_seen))
+    if experiment.method.importance or experiment.method.exemplars or (
+        experiment.method.side_classifiers):
+      method_state = checkpoints.restore_method_state(
+          last, _method_state_like(experiment, experiment.tasks[last]))
+    results, start = meta['results'], last + 1
+    logging.info('Resuming after task %d from %s', last, experiment.workdir)
+  mid_task = checkpoints.progress_meta()
+  if mid_task is not None:
+    _check_fingerprint(mid_task['fingerprint'], experiment.fingerprint(), where)
+  return results, previous, method_state, start
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the whole class-incremental sequence; returns results."""
   workdir = pathlib.Path(workdir)
@@ -783,65 +859,60 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise UserError(f'cannot write to workdir {workdir} ({e.strerror}); choose a writable '
                     '--workdir') from None
   main_process = parallel.is_main_process()
-  if main_process:
-    report.write_json(workdir / 'config.json', config.to_dict())
   # TensorBoard only: the step log lines below already go to the console.
   writer = (metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))
             if main_process else metric_writers.MultiWriter([]))
   checkpoints = Checkpoints(workdir / 'checkpoints')
+  try:
+    results, previous, method_state, start = _resume(experiment, checkpoints)
+    if main_process:  # after the checks, so that a refused config leaves config.json alone
+      report.write_json(workdir / 'config.json', config.to_dict())
 
-  results, previous, method_state, start = new_results(experiment), None, None, 0
-  last = checkpoints.last_task()
-  if last is not None:
-    meta = checkpoints.task_meta(last)
-    _check_fingerprint(meta['fingerprint'], experiment.fingerprint(), f'workdir {workdir}')
-    previous, meta = checkpoints.restore_task(
-        last, _variables_like(experiment, experiment.tasks[last].num_seen))
-    if experiment.method.importance or experiment.method.exemplars or (
-        experiment.method.side_classifiers):
-      method_state = checkpoints.restore_method_state(
-          last, _method_state_like(experiment, experiment.tasks[last]))
-    results, start = meta['results'], last + 1
-    logging.info('Resuming after task %d from %s', last, workdir)
-
-  offsets = np.cumsum([0] + [experiment.synthesis_steps(t) + experiment.total_steps(t)
-                             for t in experiment.tasks_to_run])
-  progress = periodic_actions.ReportProgress(num_train_steps=int(offsets[-1]), writer=writer,
-                                             every_secs=30)
-  outputs = _Outputs(checkpoints, writer, progress)
-  for task in experiment.tasks_to_run[start:]:
-    logging.info('Task %d/%d: %d classes (%d old), %d training images', task.index,
-                 len(experiment.tasks) - 1, task.num_new, task.num_old,
-                 experiment.train_count(task))
-    if task.index == 0 and config.init_from:
-      previous, results['task0_from'] = _load_task0(experiment, task)
-      seconds, throughput = {'classifier': 0.0}, {}
-    else:
-      previous, seconds, throughput = learn_task(experiment, task, previous, outputs,
-                                                 int(offsets[task.index]), method_state)
-    # Before evaluation: iCaRL classifies with the memory that includes the new classes.
-    method_state, method_seconds = update_method_state(experiment, task, previous, method_state)
-    seconds.update(method_seconds)
-    eval_start = time.time()
-    metrics = evaluate(experiment, task, previous, method_state)
-    seconds['eval'] = time.time() - eval_start
-    record_task(results, experiment, metrics, seconds, throughput)
-    writer.write_scalars(int(offsets[task.index + 1]), {
-        'eval/accuracy': metrics['accuracy'], 'eval/new_accuracy': metrics['new_accuracy'],
-        **({'eval/old_accuracy': metrics['old_accuracy']} if task.num_old else {})})
-    writer.flush()
-    checkpoints.save_task(task.index, previous,
-                          {'results': results, 'fingerprint': experiment.fingerprint()},
-                          method_state)
-    if main_process:
-      report.write_json(workdir / 'results.json', results)
-      report.write_atomic(workdir / 'report.md', report.results_markdown(results))
-    logging.info('After task %d: accuracy %.2f%% (old %s, new %.2f%%) per task %s', task.index,
-                 metrics['accuracy'], metrics['old_accuracy'], metrics['new_accuracy'],
-                 json.dumps([round(a, 2) for a in metrics['task_accuracies']]))
-  checkpoints.wait()
-  checkpoints.close()
-  writer.close()
-  if lock is not None:
-    lock.close()
+    offsets = np.cumsum([0] + [experiment.synthesis_steps(t) + experiment.total_steps(t)
+                               for t in experiment.tasks_to_run])
+    progress = periodic_actions.ReportProgress(num_train_steps=int(offsets[-1]), writer=writer,
+                                               every_secs=30)
+    outputs = _Outputs(checkpoints, writer, progress, config.on_nonfinite)
+    preemption.install()
+    for task in experiment.tasks_to_run[start:]:
+      logging.info('Task %d/%d: %d classes (%d old), %d training images', task.index,
+                   len(experiment.tasks) - 1, task.num_new, task.num_old,
+                   experiment.train_count(task))
+      if task.index == 0 and config.init_from:
+        previous, results['task0_from'] = _load_task0(experiment, task)
+        seconds, throughput, outputs.skipped = {'classifier': 0.0}, {}, {}
+      else:
+        previous, seconds, throughput = learn_task(experiment, task, previous, outputs,
+                                                   int(offsets[task.index]), method_state)
+      # Before evaluation: iCaRL classifies with the memory that includes the new classes.
+      method_state, method_seconds = update_method_state(experiment, task, previous, method_state)
+      seconds.update(method_seconds)
+      eval_start = time.time()
+      metrics = evaluate(experiment, task, previous, method_state)
+      seconds['eval'] = time.time() - eval_start
+      record_task(results, experiment, metrics, seconds, throughput, outputs.skipped)
+      writer.write_scalars(int(offsets[task.index + 1]), {
+          'eval/accuracy': metrics['accuracy'], 'eval/new_accuracy': metrics['new_accuracy'],
+          **({'eval/old_accuracy': metrics['old_accuracy']} if task.num_old else {})})
+      writer.flush()
+      checkpoints.save_task(task.index, previous,
+                            {'results': results, 'fingerprint': experiment.fingerprint()},
+                            method_state)
+      if main_process:
+        report.write_json(workdir / 'results.json', results)
+        report.write_atomic(workdir / 'report.md', report.results_markdown(results))
+      logging.info('After task %d: accuracy %.2f%% (old %s, new %.2f%%) per task %s', task.index,
+                   metrics['accuracy'], metrics['old_accuracy'], metrics['new_accuracy'],
+                   json.dumps([round(a, 2) for a in metrics['task_accuracies']]))
+      stop = preemption.requested(int(offsets[task.index + 1]))
+      if stop and task is not experiment.tasks_to_run[-1]:
+        raise Interrupted(f'stopped by {stop} after task {task.index} (saved); run the same '
+                          'command to continue')
+  finally:
+    preemption.uninstall()
+    checkpoints.wait()
+    checkpoints.close()
+    writer.close()
+    if lock is not None:
+      lock.close()
   return results

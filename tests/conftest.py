@@ -6,7 +6,9 @@ import pathlib
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from typing import Any
 
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
@@ -44,27 +46,37 @@ def tensorboard_tags(workdir: pathlib.Path) -> set[str]:
   return {tag for tags in events.Tags().values() if isinstance(tags, list) for tag in tags}
 
 
-def start_main(*args: str) -> subprocess.Popen:
-  """Starts `python -m mfgr_jax.main ARGS` on one CPU device, output discarded."""
+def start_main(*args: str, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen:
+  """Starts `python -m mfgr_jax.main ARGS` on one CPU device, stdout discarded."""
   return subprocess.Popen([sys.executable, '-m', 'mfgr_jax.main', *args], cwd=REPO, env=env(1),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def signal_after_checkpoint(workdir: pathlib.Path, first: int, last: int, *args: str,
+                            signum: int = signal.SIGKILL) -> tuple[int, str]:
+  """Starts `main --workdir WORKDIR ARGS`, sends it `signum` once a mid-task
+  checkpoint with a global step in [first, last] is on disk, and waits for it
+  to end; returns its exit status and stderr."""
+  with tempfile.TemporaryFile('w+') as stderr:
+    proc = start_main(f'--workdir={workdir}', *args, stderr=stderr)
+    folder = workdir / 'checkpoints' / 'progress'
+    deadline = time.time() + 300
+    try:
+      while not (folder.exists() and any(
+          p.name.isdigit() and first <= int(p.name) <= last for p in folder.iterdir())):
+        assert proc.poll() is None, f'the run ended before a checkpoint in steps [{first}, {last}]'
+        assert time.time() < deadline, 'no checkpoint within 300 s'
+        time.sleep(0.05)
+    finally:
+      proc.send_signal(signum)
+      status = proc.wait(timeout=300)
+    stderr.seek(0)
+    return status, stderr.read()
 
 
 def kill_9_after_checkpoint(workdir: pathlib.Path, first: int, last: int, *args: str) -> None:
-  """Starts `main --workdir WORKDIR ARGS`, and kill -9s it once a mid-task
-  checkpoint with a global step in [first, last] is on disk."""
-  proc = start_main(f'--workdir={workdir}', *args)
-  folder = workdir / 'checkpoints' / 'progress'
-  deadline = time.time() + 300
-  try:
-    while not (folder.exists() and any(
-        p.name.isdigit() and first <= int(p.name) <= last for p in folder.iterdir())):
-      assert proc.poll() is None, f'the run ended before a checkpoint in steps [{first}, {last}]'
-      assert time.time() < deadline, 'no checkpoint within 300 s'
-      time.sleep(0.05)
-  finally:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+  """kill -9s `main --workdir WORKDIR ARGS` at a checkpoint in [first, last]."""
+  signal_after_checkpoint(workdir, first, last, *args)
 
 
 def kill_9_then_rerun(workdir: pathlib.Path, first: int, last: int,

@@ -93,9 +93,16 @@ def test_task0_model_can_be_shared_between_methods(smoke_config, tmp_path, lwf_r
     train.run(smoke_config, str(tmp_path / 'wider'))
 
 
-def test_resuming_with_another_config_is_refused(smoke_config, lwf_run, tmp_path):
-  smoke_config.method = 'finetune'
-  with pytest.raises(UserError, match='different method'):
+@pytest.mark.parametrize('field,value,difference', [
+    ('method', 'finetune', 'different method'),
+    ('model.width', 8, 'different model'),
+    ('scenario.class_order', '5,4,3,2,1,0', 'different class_order, tasks'),
+    ('data.max_train_per_class', 64, 'different images'),
+    ('distillation.temperature', 4.0, 'different distillation')])
+def test_resuming_with_another_config_is_refused(smoke_config, lwf_run, field, value, difference):
+  section, _, name = field.rpartition('.')
+  (smoke_config[section] if section else smoke_config)[name] = value
+  with pytest.raises(UserError, match=f'{difference} than this config .* use a new --workdir'):
     train.run(smoke_config, str(lwf_run[0]))
 
 
@@ -118,6 +125,7 @@ def test_resuming_with_another_config_is_refused(smoke_config, lwf_run, tmp_path
     ('--num_processes=2', 'needs all of --coordinator_address, --num_processes and --process_id'),
     ('--config.method=mfgr --config.generator.architecture=gan', 'unknown generator architecture'),
     ('--config.log_every_steps=0', 'log_every_steps=0 must be positive'),
+    ('--config.on_nonfinite=ignore', "on_nonfinite='ignore' must be 'stop' or 'skip'"),
     ('--workdir=/proc/mfgr_jax_run', 'cannot write to workdir /proc/mfgr_jax_run'),
     ('--config.method=deepinversion --config.deepinversion.batch_size=0',
      'deepinversion.batch_size=0 must be positive'),

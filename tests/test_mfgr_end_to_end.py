@@ -5,6 +5,10 @@ classifier 31-48; task 2 generator 49-60, classifier 61-78. Checkpoints every
 4 steps of a stage, and at the end of each stage I.
 """
 
+import json
+import re
+import signal
+
 import PIL.Image
 import pytest
 
@@ -12,7 +16,7 @@ from mfgr_jax import train
 from mfgr_jax.errors import UserError
 
 from conftest import (SMOKE, comparable, kill_9_then_rerun, load_results, run_main,
-                      tensorboard_tags)
+                      signal_after_checkpoint, tensorboard_tags)
 
 
 @pytest.fixture(scope='module')
@@ -87,6 +91,28 @@ def test_kill_9_mid_stage_then_rerun_gives_identical_results(tmp_path, mfgr_run,
   rerun = kill_9_then_rerun(tmp_path, first, last, f'--config={SMOKE}', '--config.method=mfgr')
   expected = 'Resuming task 1 generator at step' if stage == 'generator' else 'Resuming task 1 at step'
   assert expected in rerun.stderr
+  assert comparable(load_results(tmp_path)) == comparable(load_results(mfgr_run))
+
+
+@pytest.mark.parametrize('signum,first,last,where', [
+    (signal.SIGTERM, 5, 12, 'task 0 classifier'),
+    (signal.SIGINT, 19, 26, 'task 1 generator'),
+    (signal.SIGTERM, 61, 70, 'task 2 classifier')])
+def test_sigterm_or_sigint_saves_and_exits_3_then_rerun_continues(tmp_path, mfgr_run, signum,
+                                                                  first, last, where):
+  args = (f'--config={SMOKE}', '--config.method=mfgr')
+  status, stderr = signal_after_checkpoint(tmp_path, first, last, *args, signum=signum)
+  assert status == 3, stderr[-3000:]
+  assert 'Traceback' not in stderr
+  line, = [l for l in stderr.splitlines() if l.startswith('mfgr_jax: error:')]
+  match = re.search(rf'stopped by {signal.Signals(signum).name} in {where} at step (\d+)/\d+; '
+                    'saved a checkpoint there; run the same command to continue', line)
+  assert match, line
+  # The checkpoint is at the step the signal interrupted, not the periodic one before it.
+  meta = json.loads(next((tmp_path / 'checkpoints' / 'progress').glob('*/meta/metadata')).read_text())
+  assert meta['step'] == int(match.group(1))
+  rerun = run_main(f'--workdir={tmp_path}', *args)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert comparable(load_results(tmp_path)) == comparable(load_results(mfgr_run))
 
 

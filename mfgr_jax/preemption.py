@@ -1,0 +1,51 @@
+"""SIGTERM / SIGINT: finish the current step, save a checkpoint, exit resumable.
+
+One process: our handlers note the first signal and the outer loop stops at
+its next step (`requested`); a second signal ends the process at once (the
+last checkpoint stays valid, as after kill -9). Several processes must stop at
+the same step, so there JAX's preemption sync point decides (it listens for
+SIGTERM itself, e.g. a TPU maintenance event or SLURM's --signal).
+"""
+
+import os
+import signal
+from typing import Any
+
+import jax
+from jax.experimental import multihost_utils
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_received: list[str] = []
+_previous: dict[int, Any] = {}
+_last_sync: list[tuple[int, str | None]] = []  # JAX's sync point needs increasing step ids
+
+
+def _note(signum: int, frame: Any) -> None:
+  del frame
+  if _received:
+    os._exit(128 + signum)  # pylint: disable=protected-access
+  _received.append(signal.Signals(signum).name)
+
+
+def install() -> None:
+  """Takes over SIGTERM and SIGINT in a single-process run (a no-op with several)."""
+  _received.clear()
+  if jax.process_count() == 1:
+    for signum in _SIGNALS:
+      _previous[signum] = signal.signal(signum, _note)
+
+
+def uninstall() -> None:
+  for signum, handler in _previous.items():
+    signal.signal(signum, handler)
+  _previous.clear()
+
+
+def requested(global_step: int) -> str | None:
+  """The signal to stop for at `global_step` (the same on every process), or None."""
+  if jax.process_count() > 1:
+    if not _last_sync or global_step > _last_sync[-1][0]:
+      reached = multihost_utils.reached_preemption_sync_point(global_step)
+      _last_sync[:] = [(global_step, 'a preemption notice' if reached else None)]
+    return _last_sync[-1][1]
+  return _received[0] if _received else None

@@ -1,0 +1,97 @@
+"""Faults: non-finite losses, damaged checkpoints, a full disk (see docs/reliability.md)."""
+
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mfgr_jax import numerics
+from mfgr_jax.inversion import GeneratorState
+
+from conftest import REPO, SMOKE, comparable, env, load_results, run_main
+
+
+def _error_line(proc: subprocess.CompletedProcess) -> str:
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  lines = [l for l in proc.stderr.splitlines() if l.startswith('mfgr_jax: error:')]
+  assert len(lines) == 1, proc.stderr[-3000:]
+  return lines[0]
+
+
+def test_a_non_finite_update_is_not_applied_but_the_step_counts():
+  old = GeneratorState(step=jnp.array(3), params={'w': jnp.ones(2)}, opt_state=())
+  new = GeneratorState(step=jnp.array(4), params={'w': jnp.array([jnp.inf, 1.0])}, opt_state=())
+  finite = numerics.all_finite(new.params)
+  kept, metrics = numerics.guard(finite, new, old, {'loss': jnp.array(1.0)})
+  assert not finite and int(kept.step) == 4 and metrics[numerics.SKIPPED] == 1.0
+  np.testing.assert_array_equal(kept.params['w'], [1.0, 1.0])
+  kept, metrics = numerics.guard(jnp.array(True), new, old, {'loss': jnp.array(1.0)})
+  assert metrics[numerics.SKIPPED] == 0.0 and np.isinf(kept.params['w'][0])
+
+
+def test_nan_in_a_loss_stops_naming_step_term_and_checkpoint(tmp_path):
+  # A NaN weight makes stage I's total loss NaN from its first step.
+  proc = run_main(f'--config={SMOKE}', f'--workdir={tmp_path}', '--config.method=mfgr',
+                  '--config.generator.weights.diversity=nan')
+  assert proc.returncode == 4
+  line = _error_line(proc)
+  assert 'task 1 generator step 1: loss not finite; the update was not applied' in line
+  assert f'the last checkpoint is {tmp_path.absolute()}/checkpoints/tasks/0 (after task 0)' in line
+  assert '--config.on_nonfinite=skip' in line
+
+
+def test_infinite_parameters_are_caught_and_skipped_on_request(tmp_path):
+  # lr = inf: the first update would make the parameters infinite; it is never applied.
+  args = (f'--config={SMOKE}', '--config.train.learning_rate=inf', '--config.scenario.num_tasks=1')
+  stopped = run_main(f'--workdir={tmp_path / "stop"}', *args)
+  assert stopped.returncode == 4
+  assert 'task 0 classifier step 1: a gradient or new parameter not finite' in _error_line(stopped)
+  skipped = run_main(f'--workdir={tmp_path / "skip"}', *args, '--config.on_nonfinite=skip')
+  assert skipped.returncode == 0, skipped.stderr[-3000:]
+  results = load_results(tmp_path / 'skip')
+  assert results['skipped_steps'] == [{'classifier': 18}]
+  assert 'skipped 4 non-finite updates' in skipped.stderr
+
+
+@pytest.fixture(scope='module')
+def one_task(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('one_task')
+  proc = run_main(f'--config={SMOKE}', f'--workdir={workdir}', '--config.scenario.num_tasks=1')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+def test_a_damaged_checkpoint_is_named_and_deleting_it_recovers(tmp_path, one_task):
+  workdir = tmp_path / 'run'
+  shutil.copytree(one_task, workdir)
+  for data in (workdir / 'checkpoints' / 'tasks' / '0' / 'model').rglob('*'):
+    if data.is_file() and data.parent.name == 'd':
+      data.write_bytes(b'not a checkpoint')
+  proc = run_main(f'--config={SMOKE}', f'--workdir={workdir}')
+  assert proc.returncode == 2
+  line = _error_line(proc)
+  assert f'checkpoint {workdir.absolute()}/checkpoints/tasks/0 cannot be read' in line
+  assert 'delete that folder' in line
+  shutil.rmtree(workdir / 'checkpoints' / 'tasks' / '0')
+  rerun = run_main(f'--config={SMOKE}', f'--workdir={workdir}')
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert len(load_results(workdir)['accuracy']) == 3
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path):
+  workdir = tmp_path / 'run'
+  args = [sys.executable, '-m', 'mfgr_jax.main', f'--config={SMOKE}', f'--workdir={workdir}',
+          '--config.model.width=16']
+  # Files cannot grow past 64 KB: writes fail as on a full disk (EFBIG, not ENOSPC).
+  proc = subprocess.run(['bash', '-c', 'ulimit -f 64 && exec "$@"', 'bash', *args], cwd=REPO,
+                        env=env(1), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 2
+  line = _error_line(proc)
+  assert 'File too large' in line and 'run the same command again' in line
+  rerun = run_main(f'--config={SMOKE}', f'--workdir={workdir}', '--config.model.width=16')
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert len(load_results(workdir)['accuracy']) == 3
