@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from benchmarks import emit
+
 SHAPES = [  # (batch, size, in channels, out channels, stride)
     (128, 32, 16, 16, 1), (128, 32, 64, 64, 1), (128, 32, 64, 128, 2),
     (128, 16, 128, 128, 1), (128, 8, 256, 256, 1), (128, 4, 512, 512, 1)]
@@ -81,10 +83,7 @@ def main() -> None:
     lines.append(f'| {batch}, {size}, {c_in}, {c_out}, {stride} | ' +
                  ' | '.join(f'{1000 * t:.1f}' for t in times) + f' | {difference:.1e} |')
   table = '\n'.join(lines) + '\n'
-  print(table)
-  if args.out:
-    with open(args.out, 'w') as f:
-      f.write(table)
+  emit(table, args.out)
 
 
 if __name__ == '__main__':

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import emit
 from configs import cifar100_5phase, default
 from mfgr_jax import classifier, inversion, parallel
 from mfgr_jax.methods import get_method
@@ -167,10 +168,7 @@ def main() -> None:
       parser.error(f'unknown setting {setting!r}; choose from {", ".join(SETTINGS)}')
     rows += measure(setting, args.steps, args.compute_dtype)
   table = markdown(rows, peak_matmul_flops(), args.compute_dtype)
-  print(table)
-  if args.out:
-    with open(args.out, 'w') as f:
-      f.write(table)
+  emit(table, args.out)
 
 
 if __name__ == '__main__':
