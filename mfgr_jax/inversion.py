@@ -211,8 +211,8 @@ def make_pixel_step(teacher: nn.Module, tx: optax.GradientTransformation,
     # global loss's gradient w.r.t. the device's pixels.
     grads = grads / jax.lax.psum(1, parallel.AXIS)
     updates, opt_state = tx.update(grads, opt_state, pixels)
-    # Every device must agree, as each holds only its rows' gradients.
     pixels = optax.apply_updates(pixels, updates)
+    # Every device must agree, as each holds only its rows' gradients.
     finite = jax.lax.pmin(numerics.all_finite((grads, metrics, pixels)).astype(jnp.int32),
                           parallel.AXIS).astype(bool)
     return pixels, opt_state, parallel.pmean(metrics), finite

@@ -843,7 +843,7 @@ def _resume(experiment: Experiment, checkpoints: Checkpoints) -> tuple[dict, Any
     results, start = meta['results'], last + 1
     logging.info('Resuming after task %d from %s', last, experiment.workdir)
   mid_task = checkpoints.progress_meta()
-  if mid_task is not None:
+  if mid_task is not None and 'fingerprint' in mid_task:  # absent in workdirs of before 2026-11
     _check_fingerprint(mid_task['fingerprint'], experiment.fingerprint(), where)
   return results, previous, method_state, start
 
