@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import orbax.checkpoint as ocp
 
-from mfgr_jax.errors import UserError
+from mfgr_jax.errors import UserError, first_line
 
 MODEL, STATE, META, METHOD_STATE = 'model', 'state', 'meta', 'method_state'
 
@@ -116,10 +116,7 @@ class Checkpoints:
 
 
 def _first_line(error: Exception) -> str:
-  """`Type: message` of an Orbax/TensorStore error, its OS cause first when it names one."""
-  text = str(error).strip()
-  os_cause = re.search(r'Failed to write [^:]*: ([^:\[]+?) \[', text)
-  if os_cause:
-    return os_cause.group(1)
-  return f'{type(error).__name__}: {text.splitlines()[0][:200] if text else ""}'
+  """An Orbax/TensorStore error in one line: its OS cause when it names one."""
+  os_cause = re.search(r'Failed to write [^:]*: ([^:\[]+?) \[', str(error))
+  return os_cause.group(1) if os_cause else first_line(error)
 

@@ -18,3 +18,9 @@ class Interrupted(UserError):
 class NonFiniteLoss(UserError):
   """A loss or gradient was NaN/Inf (the update was not applied) and the config says stop."""
   exit_status = 4
+
+
+def first_line(error: Exception) -> str:
+  """`Type: first line of the message` of a library's exception, for a one-line error."""
+  text = str(error).strip()
+  return f'{type(error).__name__}: {text.splitlines()[0][:200] if text else ""}'.rstrip(': ')

@@ -1,7 +1,7 @@
-"""Non-finite steps: an update whose loss or gradient holds NaN/Inf is not applied.
+"""Non-finite steps: an update whose loss, gradient or result holds NaN/Inf is not applied.
 
 Every train step (classifier, generator, DeepInversion's pixels) computes
-`all_finite` of its loss terms and gradients on the device and keeps the
+`all_finite` of its loss terms, gradients and new parameters on the device and keeps the
 previous state when it is false, advancing only the step counter, so training
 never continues from garbage. The step reports `skipped` (1.0 or 0.0); the
 outer loop reads it lazily at log and checkpoint steps and, by

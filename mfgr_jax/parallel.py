@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
-from mfgr_jax.errors import UserError
+from mfgr_jax.errors import UserError, first_line
 
 AXIS = 'batch'
 REPLICATED = PartitionSpec()
@@ -57,8 +57,7 @@ def initialize_processes(coordinator_address: str | None, num_processes: int | N
   try:
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
   except (RuntimeError, ValueError) as e:
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise UserError(f'cannot join the multi-process run ({first_line}); pass --coordinator_address, '
+    raise UserError(f'cannot join the multi-process run ({first_line(e)}); pass --coordinator_address, '
                     '--num_processes and --process_id, or run inside a TPU pod / SLURM job') from None
 
 
