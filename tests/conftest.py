@@ -1,14 +1,26 @@
 """Shared fixtures: tiny configs and a helper that runs the real entry point."""
 
+import atexit
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
+
+# One persistent XLA compilation cache for the whole session, shared by this
+# process and every run the tests start: most tests run the same smoke shapes,
+# and compiling them, not training, is most of a smoke run's time (measured:
+# 59 s cold, 19 s warm, identical results). Set before jax is imported.
+_XLA_CACHE = tempfile.mkdtemp(prefix='mfgr_jax_test_xla_cache_')
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ.update(JAX_COMPILATION_CACHE_DIR=_XLA_CACHE,
+                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
 
 import pytest
 from tensorboard.backend.event_processing import event_accumulator

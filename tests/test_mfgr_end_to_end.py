@@ -3,6 +3,12 @@
 Smoke schedule (global steps): task 0 classifier 1-18; task 1 generator 19-30,
 classifier 31-48; task 2 generator 49-60, classifier 61-78. Checkpoints every
 4 steps of a stage, and at the end of each stage I.
+
+The kill and signal tests interrupt a run at a checkpoint and need the stage to
+still be running when the signal lands, so they use a longer schedule
+(`INTERRUPTED`): task 0 classifier 1-90; task 1 generator 91-190, classifier
+191-280; task 2 generator 281-380, classifier 381-470; checkpoints every 10
+steps. The first checkpoint of a stage leaves 80-90 steps (seconds) to signal.
 """
 
 import json
@@ -85,23 +91,34 @@ def test_generated_batch_per_class_balance(smoke_config, tmp_path):
   assert experiment.synthesis_steps(experiment.tasks[1]) == 12
 
 
-@pytest.mark.parametrize('stage,first,last', [('generator', 19, 29), ('classifier', 31, 47)])
-def test_kill_9_mid_stage_then_rerun_gives_identical_results(tmp_path, mfgr_run, stage, first,
-                                                             last):
-  rerun = kill_9_then_rerun(tmp_path, first, last, f'--config={SMOKE}', '--config.method=mfgr')
+INTERRUPTED = (f'--config={SMOKE}', '--config.method=mfgr', '--config.train.epochs=15',
+               '--config.generator.steps=100', '--config.checkpoint_every_steps=10')
+
+
+@pytest.fixture(scope='module')
+def uninterrupted_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  proc = run_main(f'--workdir={workdir}', *INTERRUPTED)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+@pytest.mark.parametrize('stage,first,last', [('generator', 91, 100), ('classifier', 191, 200)])
+def test_kill_9_mid_stage_then_rerun_gives_identical_results(tmp_path, uninterrupted_run, stage,
+                                                             first, last):
+  rerun = kill_9_then_rerun(tmp_path, first, last, *INTERRUPTED)
   expected = 'Resuming task 1 generator at step' if stage == 'generator' else 'Resuming task 1 at step'
   assert expected in rerun.stderr
-  assert comparable(load_results(tmp_path)) == comparable(load_results(mfgr_run))
+  assert comparable(load_results(tmp_path)) == comparable(load_results(uninterrupted_run))
 
 
 @pytest.mark.parametrize('signum,first,last,where', [
-    (signal.SIGTERM, 5, 12, 'task 0 classifier'),
-    (signal.SIGINT, 19, 26, 'task 1 generator'),
-    (signal.SIGTERM, 61, 70, 'task 2 classifier')])
-def test_sigterm_or_sigint_saves_and_exits_3_then_rerun_continues(tmp_path, mfgr_run, signum,
-                                                                  first, last, where):
-  args = (f'--config={SMOKE}', '--config.method=mfgr')
-  status, stderr = signal_after_checkpoint(tmp_path, first, last, *args, signum=signum)
+    (signal.SIGTERM, 1, 10, 'task 0 classifier'),
+    (signal.SIGINT, 91, 100, 'task 1 generator'),
+    (signal.SIGTERM, 381, 390, 'task 2 classifier')])
+def test_sigterm_or_sigint_saves_and_exits_3_then_rerun_continues(tmp_path, uninterrupted_run,
+                                                                  signum, first, last, where):
+  status, stderr = signal_after_checkpoint(tmp_path, first, last, *INTERRUPTED, signum=signum)
   assert status == 3, stderr[-3000:]
   assert 'Traceback' not in stderr
   line, = [l for l in stderr.splitlines() if l.startswith('mfgr_jax: error:')]
@@ -111,9 +128,9 @@ def test_sigterm_or_sigint_saves_and_exits_3_then_rerun_continues(tmp_path, mfgr
   # The checkpoint is at the step the signal interrupted, not the periodic one before it.
   meta = json.loads(next((tmp_path / 'checkpoints' / 'progress').glob('*/meta/metadata')).read_text())
   assert meta['step'] == int(match.group(1))
-  rerun = run_main(f'--workdir={tmp_path}', *args)
+  rerun = run_main(f'--workdir={tmp_path}', *INTERRUPTED)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert comparable(load_results(tmp_path)) == comparable(load_results(mfgr_run))
+  assert comparable(load_results(tmp_path)) == comparable(load_results(uninterrupted_run))
 
 
 def test_bad_generator_config_is_refused(smoke_config, tmp_path):

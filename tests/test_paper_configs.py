@@ -1,9 +1,12 @@
 """Every paper setting (configs/<setting>.py) at its debug size, on miniature archives.
 
-The full-size configs are checked against the spec's hyperparameters; the
-debug ones run their first two tasks (task 0, then stage I and stage II of
-MFGR) end to end with the setting's own dataset, model depth, stem and image
-sizes.
+The full-size configs are checked against the spec's hyperparameters; every
+debug config builds its scenario from the miniature archives, and one setting
+per dataset runs its first two tasks (task 0, then stage I and stage II of MFGR)
+end to end with the setting's own dataset, model depth, stem and image sizes.
+The 5-, 10- and 6-phase settings of a dataset differ only in the class split
+(checked for each), so running one of them covers the others' code; running all
+took 7 more minutes of a 2-core CI, almost all of it compiling ResNet-34.
 """
 
 import importlib
@@ -87,11 +90,27 @@ def test_cub_caltech_classes():
   assert all(c < 200 for c in order[:40]) and all(200 <= c < 302 for c in order[40:])
 
 
-@pytest.mark.parametrize('setting', SETTINGS)
-def test_debug_size_runs_two_tasks(setting, data_dirs, tmp_path):
-  dataset, num_tasks, first, increment, depth, stem, side = SETTINGS[setting]
+def _debug_config(setting, data_dirs):
   config = _config(setting, 'debug')
   config.data.update(data_dirs, download=False)
+  return config
+
+
+@pytest.mark.parametrize('setting', SETTINGS)
+def test_debug_config_builds_its_scenario(setting, data_dirs, tmp_path):
+  dataset, num_tasks, first, increment, depth, stem, side = SETTINGS[setting]
+  experiment = train.build_experiment(_debug_config(setting, data_dirs), tmp_path)
+  assert len(experiment.tasks) == num_tasks
+  assert [t.num_new for t in experiment.tasks] == [first] + [increment] * (num_tasks - 1)
+  assert experiment.dataset.image_shape[:2] == (side, side)
+  assert (experiment.config.model.depth, experiment.config.model.stem) == (depth, stem)
+
+
+@pytest.mark.parametrize('setting', ['cifar100_5phase', 'tinyimagenet_10phase',
+                                     'cub_caltech_2phase', 'cub_10_10'])
+def test_debug_size_runs_two_tasks(setting, data_dirs, tmp_path):
+  dataset, num_tasks, first, increment, depth, stem, side = SETTINGS[setting]
+  config = _debug_config(setting, data_dirs)
   results = train.run(config, str(tmp_path))
   assert results['dataset'] == dataset and results['method'] == 'mfgr'
   assert len(results['tasks']) == num_tasks  # the whole split is planned ...
@@ -115,8 +134,7 @@ def test_debug_option_through_the_command_line(data_dirs, tmp_path):
 
 @pytest.mark.parametrize('method', ['deepinversion', 'icarl'])
 def test_baselines_run_at_debug_size(method, data_dirs, tmp_path):
-  config = _config('cifar100_5phase', 'debug')
-  config.data.update(data_dirs, download=False)
+  config = _debug_config('cifar100_5phase', data_dirs)
   config.method = method
   results = train.run(config, str(tmp_path))
   assert results['method'] == method and len(results['accuracy']) == 2
