@@ -6,7 +6,7 @@ per dataset runs its first two tasks (task 0, then stage I and stage II of MFGR)
 end to end with the setting's own dataset, model depth, stem and image sizes.
 The 5-, 10- and 6-phase settings of a dataset differ only in the class split
 (checked for each), so running one of them covers the others' code; running all
-took 7 more minutes of a 2-core CI, almost all of it compiling ResNet-34.
+took about 4 more minutes (230 s) of a 2-core CI, almost all of it compiling ResNet-34.
 """
 
 import importlib
