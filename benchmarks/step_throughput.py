@@ -103,11 +103,11 @@ def measure(setting: str, steps: int, compute_dtype: str) -> list[dict]:
                      'milliseconds': 1000 * seconds, 'flops': flops})
 
   for method in ('finetune', 'lwf'):
-    uses_teacher = get_method(method).uses_teacher
+    uses_teacher = method == 'lwf'  # finetune runs no teacher
     step = classifier.make_train_step(model, tx, get_method(method).make_loss(task, config),
                                       augment, teacher if uses_teacher else None)
     record(method, step, fresh_state(),
-           (teacher_vars if uses_teacher else None, batch, None), batch_size)
+           (batch, teacher_vars if uses_teacher else None, None), batch_size)
 
   generator_config = config.generator
   generator = Generator(shape[0], shape[-1], generator_config.latent_dim,
@@ -126,7 +126,7 @@ def measure(setting: str, steps: int, compute_dtype: str) -> list[dict]:
       model, tx, get_method('mfgr').make_loss(task, config), augment, teacher,
       classifier.generator_source(generator, generated), config.replay.single_pass)
   record('replay (stage II)', replay_step, fresh_state(),
-         (teacher_vars, parallel.replicate(generator_params), batch,
+         (batch, teacher_vars, parallel.replicate(generator_params),
           jax.random.PRNGKey(5)), batch_size)
   return rows_out
 

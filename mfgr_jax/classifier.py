@@ -18,8 +18,18 @@ import optax
 from mfgr_jax import numerics
 from mfgr_jax import parallel
 from mfgr_jax.data.augment import augment, normalize
-from mfgr_jax.methods import ClassifierLoss, ReplayLoss
 from mfgr_jax.models.resnet import Forward, classify
+
+# A method's loss, run inside the jitted step: (the model's outputs, logits over
+# the seen classes; output-index labels; the teacher's outputs on the same
+# images, or None; what the method carried from earlier tasks, or None)
+# -> (loss, metrics).
+ClassifierLoss = Callable[[Forward, jax.Array, Forward | None, Any],
+                          tuple[jax.Array, dict[str, jax.Array]]]
+# Replay (stage II): (outputs on the real batch, labels, teacher outputs on it,
+# outputs on the replayed batch, teacher outputs on it) -> (loss, metrics).
+ReplayLoss = Callable[[Forward, jax.Array, Forward, Forward, Forward],
+                      tuple[jax.Array, dict[str, jax.Array]]]
 
 
 @flax.struct.dataclass
@@ -44,7 +54,7 @@ def init_train_state(params: Any, batch_stats: Any, tx: optax.GradientTransforma
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn: ClassifierLoss,
                     augment_kwargs: dict, teacher: nn.Module | None = None) -> Callable:
-  """Returns a data-parallel `step(state, teacher_vars, batch, carried) -> (state, metrics)`.
+  """Returns a data-parallel `step(state, batch, teacher_vars, carried) -> (state, metrics)`.
 
   `batch` holds uint8 `image`, output-index `label` and one PRNG key per
   example (`aug_key`). The teacher, if any, runs in eval mode on the same
@@ -53,7 +63,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn:
   passed to the loss; pass None as `teacher_vars` / `carried` when unused.
   """
 
-  def step(state: TrainState, teacher_vars: Any, batch: dict,
+  def step(state: TrainState, batch: dict, teacher_vars: Any,
            carried: Any) -> tuple[TrainState, dict]:
     images = augment(batch['image'], batch['aug_key'], **augment_kwargs)
     teacher_out = None
@@ -70,7 +80,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn:
     return _apply_gradients(state, tx, loss_and_stats)
 
   return parallel.data_parallel(
-      step, in_specs=(parallel.REPLICATED, parallel.REPLICATED, parallel.SHARDED,
+      step, in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED,
                       parallel.REPLICATED),
       out_specs=(parallel.REPLICATED, parallel.REPLICATED), donate_argnums=(0,))
 
@@ -120,7 +130,7 @@ def pool_source(pool_size: int, batch_size: int) -> ReplaySource:
 def make_replay_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn: ReplayLoss,
                      augment_kwargs: dict, teacher: nn.Module, source: ReplaySource,
                      single_pass: bool = False) -> Callable:
-  """Stage II: returns `step(state, teacher_vars, source_arrays, batch, key)`, jitted.
+  """Stage II: returns `step(state, batch, teacher_vars, source_arrays, key)`, jitted.
 
   Each step draws replayed images from `source` (no gradient) with the inputs
   `source.draw(fold_in(key, state.step))`; the frozen teacher labels them and
@@ -158,7 +168,7 @@ def make_replay_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn
       out_specs=(parallel.REPLICATED, parallel.REPLICATED))
 
   @functools.partial(jax.jit, donate_argnums=(0,))
-  def step(state, teacher_vars, source_arrays, batch, key):
+  def step(state, batch, teacher_vars, source_arrays, key):
     return mapped(state, teacher_vars, source_arrays, batch,
                   source.draw(jax.random.fold_in(key, state.step)))
 

@@ -49,3 +49,17 @@ def forgetting(accuracy_matrix: list[list[float]]) -> float | None:
   drops = [max(accuracy_matrix[t][j] for t in range(j, last)) - accuracy_matrix[last][j]
            for j in range(last)]
   return float(np.mean(drops))
+
+
+def task_metrics(predictions: np.ndarray, labels: np.ndarray, num_old: int, num_seen: int,
+                 task_bounds: list[tuple[int, int]]) -> dict:
+  """Every metric of one task's evaluation on the test images of the seen classes."""
+  old = labels < num_old
+  return {
+      'accuracy': accuracy(predictions, labels),
+      'task_accuracies': task_accuracies(predictions, labels, task_bounds),
+      'old_accuracy': accuracy(predictions[old], labels[old]) if num_old else None,
+      'new_accuracy': accuracy(predictions[~old], labels[~old]),
+      'per_class_accuracy': per_class_accuracy(predictions, labels, num_seen),
+      'confusion_matrix': confusion_matrix(predictions, labels, num_seen).tolist(),
+  }

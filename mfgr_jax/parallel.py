@@ -119,6 +119,27 @@ def check_divisible(batch_size: int, field: str) -> None:
                     f'choose a multiple of {device_count()}')
 
 
+def padded_batches(count: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Positions 0 .. count - 1 in global batches of `batch_size`, the last padded
+  with position 0 so that every step has one shape: yields (positions, weights),
+  weight 1.0 for a real row and 0.0 for padding. Feed `[local_rows(batch_size)]`
+  of them to `shard`."""
+  for begin in range(0, count, batch_size):
+    positions = np.arange(begin, min(begin + batch_size, count))
+    weights = (np.arange(batch_size) < len(positions)).astype(np.float32)
+    yield np.concatenate([positions, np.zeros(batch_size - len(positions), np.int64)]), weights
+
+
+def map_in_batches(step: Callable[[Any, jax.Array], jax.Array], replicated: Any,
+                   images: np.ndarray, batch_size: int) -> np.ndarray:
+  """`step(replicated, batch)` of a data-parallel step (sharded output) over every
+  image, in padded global batches (`padded_batches`); host outputs, concatenated."""
+  rows, outputs = local_rows(batch_size), []
+  for positions, weights in padded_batches(len(images), batch_size):
+    outputs.append(to_host(step(replicated, shard(images[positions[rows]])))[weights > 0])
+  return np.concatenate(outputs)
+
+
 def per_device(tree: Any) -> Any:
   """Marks replicated values (parameters) as varying across devices.
 

@@ -1,4 +1,11 @@
-"""Shared fixtures: tiny configs and a helper that runs the real entry point."""
+"""Shared fixtures and helpers: tiny configs, runs of the real entry point, TensorBoard readers.
+
+Test files live in folders that mirror the package (methods/ for mfgr_jax/methods/,
+end_to_end/ for runs of `python -m mfgr_jax.main`); pytest puts this folder on
+sys.path, so they import `conftest` and the helpers beside it (`archives`,
+`logistic_model`, `loss_references`) by name.
+Test file names must be unique across the folders (there are no __init__.py).
+"""
 
 import atexit
 import json
@@ -56,6 +63,15 @@ def tensorboard_tags(workdir: pathlib.Path) -> set[str]:
   events = event_accumulator.EventAccumulator(str(workdir))
   events.Reload()
   return {tag for tags in events.Tags().values() if isinstance(tags, list) for tag in tags}
+
+
+def scalars(workdir: pathlib.Path, tag: str) -> list[float]:
+  """Every value of the TensorBoard scalar `tag` written in `workdir`, in order."""
+  import tensorflow as tf  # here, so that unit tests that never read events skip its import
+  return [float(tf.make_ndarray(value.tensor))
+          for path in sorted(workdir.glob('events.out.tfevents.*'))
+          for event in tf.compat.v1.train.summary_iterator(str(path))
+          for value in event.summary.value if value.tag == tag]
 
 
 def start_main(*args: str, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen:

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 
 from mfgr_jax import classifier, consolidation, inversion, parallel
-from mfgr_jax.methods import get_method
+from mfgr_jax.methods import ewc, get_method
 from mfgr_jax.models.generator import Generator
 from mfgr_jax.models.resnet import resnet
 from mfgr_jax.scenario import Task
@@ -51,7 +51,7 @@ def main():
     state = parallel.replicate(classifier.init_train_state(model_vars['params'],
                                                            model_vars['batch_stats'], tx))
     for i in range(2):
-      state, metrics = train_step(state, teacher_vars, batch, None)
+      state, metrics = train_step(state, batch, teacher_vars, None)
       out[f'{method}_metrics_{i}'] = {k: float(v) for k, v in metrics.items()}
     out[f'{method}_state'] = _fingerprint(state)
 
@@ -94,14 +94,14 @@ def main():
     state = parallel.replicate(classifier.init_train_state(model_vars['params'],
                                                            model_vars['batch_stats'], tx))
     for i in range(2):
-      state, metrics = replay_step(state, teacher_vars, source_arrays, batch,
+      state, metrics = replay_step(state, batch, teacher_vars, source_arrays,
                                    jax.random.PRNGKey(5))
       out[f'{name}_metrics_{i}'] = {k: float(v) for k, v in metrics.items()}
     out[f'{name}_state'] = _fingerprint(state)
 
   # EWC's per-example Fisher, summed over the global batch (padding weight 0 on the last 3).
   importance_step = consolidation.make_importance_step(
-      model, get_method('ewc').importance.make_score(task, None), jnp.square, (0.5,), (0.25,))
+      model, ewc.log_likelihood_of_prediction, jnp.square, (0.5,), (0.25,))
   weights = (np.arange(16) < 13).astype(np.float32)
   fisher = importance_step(parallel.replicate(model_vars), batch['image'], parallel.shard(weights))
   out['importance_metrics_0'] = {'sum': float(sum(np.sum(x) for x in jax.tree.leaves(fisher)))}

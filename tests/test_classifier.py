@@ -1,11 +1,15 @@
+"""classifier.py: the optimiser against PyTorch's, the train step, and stage II's
+replay step."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-from mfgr_jax import classifier
+from mfgr_jax import classifier, parallel
 from mfgr_jax.methods import get_method
+from mfgr_jax.models.generator import Generator
 from mfgr_jax.models.resnet import resnet
 from mfgr_jax.scenario import Task
 
@@ -51,8 +55,51 @@ def test_train_step_learns_and_updates_batch_stats():
            'aug_key': np.asarray(jax.random.split(jax.random.PRNGKey(1), 24))}
   losses = []
   for _ in range(10):
-    state, metrics = step(state, None, batch, None)
+    state, metrics = step(state, batch, None, None)
     losses.append(float(metrics['loss']))
   assert losses[-1] < 0.5 * losses[0]
   assert int(state.step) == 10
   assert not np.allclose(state.batch_stats['stem_bn']['bn']['mean'], 0.0)
+
+
+def test_replay_step_threads_bn_statistics_and_leaves_old_model_and_generator_alone():
+  teacher = resnet(18, 3, width=4, bn_axis_name=parallel.AXIS)
+  teacher_vars = teacher.init(jax.random.PRNGKey(1), jnp.zeros((1, 16, 16, 1)), train=False)
+  generator = Generator(16, 1, latent_dim=8, hidden=8, axis_name=parallel.AXIS)
+  model = resnet(18, 5, width=4, bn_axis_name=parallel.AXIS)
+  variables = parallel.to_host(model.init(jax.random.PRNGKey(4), jnp.zeros((1, 16, 16, 1)),
+                                          train=False))
+  generator_params = parallel.to_host(
+      generator.init(jax.random.PRNGKey(5), jnp.zeros((2, 8)))['params'])
+  teacher_copy, generator_copy = parallel.to_host(teacher_vars), parallel.to_host(generator_params)
+  task = Task(1, (3, 4), 3, 5)
+  tx = optax.sgd(0.1)
+  config = ml_collections.ConfigDict(dict(
+      distillation=dict(temperature=2.0, scale_by_t_squared=False)))
+  augment = dict(padding=0, flip=False, mean=(0.5,), std=(0.25,))
+  step = classifier.make_replay_step(model, tx, get_method('mfgr').make_loss(task, config),
+                                     augment, teacher, classifier.generator_source(generator, 12))
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (8, 16, 16, 1), dtype=np.uint8),
+           'label': np.array([3, 4] * 4, np.int32),
+           'aug_key': np.asarray(jax.random.split(jax.random.PRNGKey(6), 8))}
+  key = jax.random.PRNGKey(7)
+  state = classifier.init_train_state(variables['params'], variables['batch_stats'], tx)
+  new_state, metrics = step(parallel.replicate(state), parallel.shard(batch),
+                            parallel.replicate(teacher_vars), parallel.replicate(generator_params),
+                            key)
+  # The code's BN statistics: a train-mode pass on the generated batch, then one on the real.
+  plain = resnet(18, 5, width=4)
+  generated = Generator(16, 1, latent_dim=8, hidden=8).apply(
+      {'params': generator_params}, jax.random.normal(jax.random.fold_in(key, 0), (12, 8)))
+  _, stats = plain.apply(variables, generated, train=True, mutable=['batch_stats'])
+  real = (batch['image'].astype(np.float32) / 255 - 0.5) / 0.25
+  _, stats = plain.apply({'params': variables['params'], **stats}, real, train=True,
+                         mutable=['batch_stats'])
+  for got, want in zip(jax.tree_util.tree_leaves(new_state.batch_stats),
+                       jax.tree_util.tree_leaves(stats['batch_stats'])):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  assert {'ce', 'kd_generated', 'kd_real', 'loss'} <= set(metrics)
+  for now, before in [(teacher_vars, teacher_copy), (generator_params, generator_copy)]:
+    for a, b in zip(jax.tree_util.tree_leaves(now), jax.tree_util.tree_leaves(before)):
+      np.testing.assert_array_equal(a, b)

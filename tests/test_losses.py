@@ -1,8 +1,15 @@
+"""losses.py against hand-computed values: the classifier's losses, stage I's terms
+(MFGR's generator, DeepInversion's priors), LwM's attention distillation and
+iCaRL's sigmoid distillation."""
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mfgr_jax import losses
+from mfgr_jax.models.layers import BN_INPUT_MOMENTS, bn_input_statistics
+from mfgr_jax.models.resnet import resnet
 
 
 def _log_softmax(x):
@@ -44,3 +51,122 @@ def test_distillation_by_hand(t2):
 def test_distillation_does_not_differentiate_teacher():
   grad = jax.grad(lambda t: losses.distillation(LOGITS[:, :2], t))(TEACHER)
   np.testing.assert_array_equal(grad, 0.0)
+
+
+# Stage I: MFGR's generator terms.
+
+
+def _softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def test_one_hot_loss_is_ce_against_own_argmax():
+  logits = np.array([[2.0, 0.0, 1.0], [0.0, 3.0, 0.5]], np.float32)
+  expected = -np.mean(np.log([_softmax(logits[0])[0], _softmax(logits[1])[1]]))
+  assert float(losses.one_hot_loss(logits)) == pytest.approx(expected, rel=1e-6)
+  # The argmax target is not differentiated: the gradient is softmax - onehot.
+  grad = jax.grad(losses.one_hot_loss)(jnp.asarray(logits))
+  np.testing.assert_allclose(grad, (_softmax(logits) - np.eye(3)[[0, 1]]) / 2, rtol=1e-5)
+
+
+def test_class_balance_loss_is_log10_and_minimal_when_balanced():
+  p = np.array([0.5, 0.25, 0.25, 0.0])
+  expected = 0.5 * np.log10(0.5) + 2 * 0.25 * np.log10(0.25)  # 0 log 0 = 0
+  assert float(losses.class_balance_loss(p)) == pytest.approx(expected, rel=1e-6)
+  assert float(losses.class_balance_loss(np.full(20, 0.05))) == pytest.approx(-np.log10(20), rel=1e-6)
+
+
+def test_activation_loss():
+  assert float(losses.activation_loss(np.array([[1.0, -3.0], [0.5, 0.5]]))) == pytest.approx(-1.25)
+
+
+def test_signed_difference_loss_by_hand():
+  image = np.array([[1.0, 2.0, 4.0], [0.0, 1.0, 1.0], [2.0, 2.0, 0.0]], np.float32)
+  x = image[None, :, :, None]
+  h = np.mean(image[:, :-1] - image[:, 1:])
+  v = np.mean(image[:-1] - image[1:])
+  d1 = np.mean(image[1:, :-1] - image[:-1, 1:])
+  d2 = np.mean(image[:-1, :-1] - image[1:, 1:])
+  expected = (abs(h) + abs(v) + abs(d1) + abs(d2)) / 4
+  assert float(losses.signed_difference_loss(x)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_bn_statistics_loss_by_hand_and_safe_at_zero():
+  layers = [
+      {'mean': jnp.array([1.0, 2.0]), 'var': jnp.array([1.0, 1.0]),
+       'running_mean': jnp.array([1.0, 0.0]), 'running_var': jnp.array([4.0, 5.0])},
+      {'mean': jnp.array([0.0]), 'var': jnp.array([2.0]),
+       'running_mean': jnp.array([0.0]), 'running_var': jnp.array([2.0])},
+  ]
+  # layer 1: ||(-3, -4)|| + ||(0, 2)|| = 5 + 2; layer 2: 0. Mean over layers: 3.5.
+  assert float(losses.bn_statistics_loss(layers)) == pytest.approx(3.5)
+  grad = jax.grad(lambda m: losses.bn_statistics_loss([{**layers[1], 'mean': m}]))(jnp.array([0.0]))
+  assert np.all(np.isfinite(grad))
+
+
+def test_pixel_diversity_loss_is_minus_symmetric_kl():
+  images = np.random.default_rng(0).normal(size=(2, 3, 3, 1)).astype(np.float32)
+  p, q = _softmax(images[0].ravel()), _softmax(images[1].ravel())
+  expected = -0.5 * (np.sum(p * np.log(p / q)) + np.sum(q * np.log(q / p)))
+  got = losses.pixel_diversity_loss(images, jax.random.PRNGKey(0), num_pairs=1)
+  assert float(got) == pytest.approx(expected, rel=1e-5)
+  identical = np.repeat(images[:1], 4, axis=0)
+  assert float(losses.pixel_diversity_loss(identical, jax.random.PRNGKey(0), 2)) == pytest.approx(0, abs=1e-6)
+  with pytest.raises(ValueError, match='diversity pairs'):
+    losses.pixel_diversity_loss(identical, jax.random.PRNGKey(0), 3)
+
+
+def test_bn_statistics_loss_vanishes_when_batch_matches_running_statistics():
+  model = resnet(18, 3, width=4)
+  x = jax.random.normal(jax.random.PRNGKey(0), (16, 16, 16, 1))
+  variables = model.init(jax.random.PRNGKey(1), x[:1], train=False)
+  # Train mode normalises with the batch statistics; copy them into the running
+  # statistics, and the eval-mode pass sees exactly the same BN inputs.
+  _, state = model.apply(variables, x, train=True, mutable=['batch_stats', BN_INPUT_MOMENTS])
+  layers = bn_input_statistics(state[BN_INPUT_MOMENTS], variables['batch_stats'])
+  running = jax.tree_util.tree_map(lambda a: a, variables['batch_stats'])
+  from flax import traverse_util
+  flat = traverse_util.flatten_dict(running)
+  paths = sorted(p[:-1] for p in traverse_util.flatten_dict(state[BN_INPUT_MOMENTS]) if p[-1] == 'moments')
+  assert len(paths) == len(layers) == 20
+  for path, layer in zip(paths, layers):
+    flat[path + ('bn', 'mean')], flat[path + ('bn', 'var')] = layer['mean'], layer['var']
+  matched = {**variables, 'batch_stats': traverse_util.unflatten_dict(flat)}
+  _, state = model.apply(matched, x, train=False, mutable=[BN_INPUT_MOMENTS])
+  loss = losses.bn_statistics_loss(bn_input_statistics(state[BN_INPUT_MOMENTS], matched['batch_stats']))
+  assert float(loss) < 1e-3
+  _, state = model.apply(variables, x, train=False, mutable=[BN_INPUT_MOMENTS])
+  assert float(losses.bn_statistics_loss(
+      bn_input_statistics(state[BN_INPUT_MOMENTS], variables['batch_stats']))) > 0.1
+
+
+def test_deepinversion_priors_against_hand_values():
+  images = jnp.asarray([[[[1.0], [3.0]], [[0.0], [2.0]]]])  # one 2x2 image
+  # Horizontal differences (-2, -2), vertical (1, 1), diagonals (3) and (-1).
+  expected = np.sqrt(8) + np.sqrt(2) + 3 + 1
+  np.testing.assert_allclose(losses.total_variation_l2_loss(images), expected, rtol=1e-6)
+  np.testing.assert_allclose(losses.l2_prior_loss(images), np.sqrt(14), rtol=1e-6)
+
+
+def test_attention_distillation_is_the_l1_distance_of_l2_normalised_maps():
+  student = jnp.asarray([[[3.0, 0.0], [0.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]]])
+  teacher = jnp.asarray([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 2.0], [0.0, 0.0]]])
+  # Image 0: (0.6, 0, 0, 0.8) - (1, 0, 0, 0) -> 0.4 + 0.8; image 1: 0 - (0, 1, 0, 0) -> 1.
+  np.testing.assert_allclose(losses.attention_distillation_loss(student, teacher),
+                             (1.2 + 1.0) / 2, rtol=1e-6)
+
+
+def test_icarl_loss_against_hand_values():
+  logits = jnp.asarray([[0.0, 2.0, -1.0]])
+  teacher = jnp.asarray([[1.0]])
+  # Targets: sigmoid(1) on the old output 0, one-hot label 2 on the new outputs.
+  p = 1 / (1 + np.exp(-1.0))
+  bce = lambda z, t: -(t * np.log(1 / (1 + np.exp(-z))) + (1 - t) * np.log(1 - 1 / (1 + np.exp(-z))))
+  expected = (bce(0.0, p) + bce(2.0, 0.0) + bce(-1.0, 1.0)) / 3  # mean over the 3 outputs
+  np.testing.assert_allclose(losses.icarl_distillation_loss(logits, jnp.asarray([2]), teacher),
+                             expected, rtol=1e-5)
+  # A generated image (label -1) has all-zero new-class targets.
+  expected_generated = (bce(0.0, p) + bce(2.0, 0.0) + bce(-1.0, 0.0)) / 3
+  np.testing.assert_allclose(losses.icarl_distillation_loss(logits, jnp.asarray([-1]), teacher),
+                             expected_generated, rtol=1e-5)

@@ -17,6 +17,7 @@ import PIL.Image
 import pytest
 
 from mfgr_jax import train
+from mfgr_jax.experiment import build_experiment
 
 import archives
 from conftest import REPO, run_main
@@ -99,7 +100,7 @@ def _debug_config(setting, data_dirs):
 @pytest.mark.parametrize('setting', SETTINGS)
 def test_debug_config_builds_its_scenario(setting, data_dirs, tmp_path):
   dataset, num_tasks, first, increment, depth, stem, side = SETTINGS[setting]
-  experiment = train.build_experiment(_debug_config(setting, data_dirs), tmp_path)
+  experiment = build_experiment(_debug_config(setting, data_dirs), tmp_path)
   assert experiment.config.data.name == dataset
   assert len(experiment.tasks) == num_tasks
   assert [t.num_new for t in experiment.tasks] == [first] + [increment] * (num_tasks - 1)

@@ -1,80 +1,162 @@
-"""Methods: each module defines one `Method` record; `get_method` looks it up.
+"""Methods: a method is one module under `methods/` that defines `METHODS`.
 
-A method owns its classifier loss and which data it trains on; the per-task
-loop (`train.py`) owns data, steps, evaluation, checkpoints and I/O. Task 0 is
-the same for every method (plain cross-entropy), so one task-0 model can be
-shared across methods, as in the paper.
+A `Method` is a record of pure functions, one for each point where methods
+differ (FACIL's approach hooks, in the functional style of dm_nevis's
+learners): its loss, its stage I (`synthesis`), its teacher, the images it
+trains on, what it does after a task and the state it carries to the next
+(with the template to restore that state from a checkpoint), how it predicts,
+the one-line checks of its settings and the config sections it reads (part of
+the checkpoint fingerprint). Every hook has a default, so a method overrides
+only what it changes. The per-task loop (`train.py`) calls the hooks and never
+asks which method runs.
+
+The registry is the directory: every module here that defines `METHODS` is
+found by `get_method`, and its `CONFIG` (config sections with their defaults)
+joins the run's config (`default_config_sections`, used by configs/default.py).
+Task 0 is the same for every method (plain cross-entropy), so one task-0 model
+can be shared across methods, as in the paper.
 """
 
+from __future__ import annotations
+
 import dataclasses
-from typing import Any, Callable
+import importlib
+import pkgutil
+from typing import TYPE_CHECKING, Any, Callable
 
-import jax
+import flax.linen as nn
 import ml_collections
+import numpy as np
 
+from mfgr_jax import classifier
+from mfgr_jax import synthesis as synthesis_kinds
 from mfgr_jax.errors import UserError
-from mfgr_jax.models.resnet import Forward
 from mfgr_jax.scenario import Task
 
-# (the model's outputs, logits over the seen classes; output-index labels; the
-# frozen previous model's outputs on the same images, logits over the old
-# classes, or None; what the method carried from earlier tasks, or None)
-# -> (loss, metrics). Runs inside the jitted step.
-ClassifierLoss = Callable[[Forward, jax.Array, Forward | None, Any],
-                          tuple[jax.Array, dict[str, jax.Array]]]
-# Replay (stage II): (outputs on the real batch, labels, teacher outputs on it,
-# outputs on the replayed batch, teacher outputs on it) -> (loss, metrics).
-ReplayLoss = Callable[[Forward, jax.Array, Forward, Forward, Forward],
-                      tuple[jax.Array, dict[str, jax.Array]]]
+if TYPE_CHECKING:
+  from mfgr_jax.experiment import Experiment
+
+# What a method carries from task to task (a pytree of arrays), or None.
+MethodState = Any
 
 
-@dataclasses.dataclass(frozen=True)
-class Importance:
-  """How a quadratic-penalty method (EWC, MAS) measures parameter importance
-  after a task (`consolidation.py`): per example, `reduce` of the gradient of
-  `make_score(task, config)(logits over the seen classes)`."""
-  make_score: Callable[[Task, ml_collections.ConfigDict], Callable[[jax.Array], jax.Array]]
-  reduce: Callable[[jax.Array], jax.Array]
+def no_teacher(experiment: Experiment, task: Task) -> nn.Module | None:
+  del experiment, task
+  return None
+
+
+def previous_model(experiment: Experiment, task: Task) -> nn.Module | None:
+  """The frozen model of the previous task (eval mode, never differentiated)."""
+  return experiment.model(task.num_old) if task.num_old else None
+
+
+def new_class_images(experiment: Experiment, task: Task, state: MethodState) -> np.ndarray:
+  """The training images of the task's new classes."""
+  del state
+  return experiment.class_images(task.num_old, task.num_seen)
+
+
+def count_new_class_images(experiment: Experiment, task: Task) -> int:
+  return len(experiment.class_images(task.num_old, task.num_seen))
+
+
+def carry_nothing(experiment: Experiment, task: Task, variables: dict,
+                  state: MethodState) -> MethodState:
+  del experiment, task, variables, state
+  return None
+
+
+def nothing_carried(experiment: Experiment, task: Task) -> MethodState:
+  del experiment, task
+  return None
+
+
+def argmax_of_seen_logits(experiment: Experiment, task: Task, variables: dict,
+                          state: MethodState, images: np.ndarray) -> np.ndarray:
+  """The predicted class: the argmax of the logits over the seen classes."""
+  del state
+  predict = classifier.make_predict_step(experiment.model(task.num_seen), experiment.dataset.mean,
+                                         experiment.dataset.std)
+  return experiment.in_batches(predict, variables, images)
+
+
+def no_checks(config: ml_collections.ConfigDict) -> None:
+  del config
+
+
+def nothing_to_prepare(experiment: Experiment) -> dict:
+  del experiment
+  return {}
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
+  """A class-incremental method as the hooks the per-task loop calls."""
   name: str
-  # Whether the frozen previous model runs on each batch (distillation).
-  uses_teacher: bool
-  # Whether incremental tasks train on every seen class's data (oracle) or only the new ones.
-  trains_on_all_seen: bool
-  # Builds the task's loss from the task and the run's config: a ClassifierLoss,
-  # or a ReplayLoss at tasks t > 0 of methods that replay synthesised images.
-  make_loss: Callable[[Task, ml_collections.ConfigDict], ClassifierLoss | ReplayLoss]
-  # Stage I of methods that replay synthesised old-class images at tasks t > 0,
-  # named by its config section: '' (none), 'generator' (MFGR: a generator
-  # trained with `generator_terms`) or 'deepinversion' (a pool of optimised images).
-  synthesis: str = ''
-  # Loss terms (`inversion.GENERATOR_TERMS`) of the generator trained against
-  # the old model before each incremental task.
-  generator_terms: tuple[str, ...] = ()
-  # The method's own config section (its hyperparameters; part of the
-  # checkpoint fingerprint), '' if none.
-  config_section: str = ''
-  # Methods with an exemplar memory (iCaRL): its size is in the config section;
-  # the memory joins the new data in training and classifies by nearest mean.
-  exemplars: bool = False
-  # MUC: side classifiers trained after each task (config section `muc`), carried
-  # to the next task for the loss.
-  side_classifiers: bool = False
-  # Methods with an importance-weighted penalty on the backbone (EWC, MAS):
-  # how importance is measured; its weight and merging are in the config section.
-  importance: Importance | None = None
+  # (task, config) -> the classifier loss of the task (`classifier.ClassifierLoss`),
+  # or at tasks t > 0 of a method with a synthesis, a `classifier.ReplayLoss`.
+  make_loss: Callable[[Task, ml_collections.ConfigDict],
+                      classifier.ClassifierLoss | classifier.ReplayLoss]
+  # Config sections the method reads: they are part of the checkpoint fingerprint.
+  sections: tuple[str, ...] = ()
+  # (experiment, task) -> the frozen model run on each batch for the loss, or None.
+  teacher: Callable[[Experiment, Task], nn.Module | None] = no_teacher
+  # Stage I before each incremental task: what stage II replays (`synthesis.py`).
+  synthesis: synthesis_kinds.Synthesis = synthesis_kinds.NONE
+  # (experiment, task, state) -> indices of the training images the task learns
+  # from, and (experiment, task) -> their count (known before the task runs).
+  train_images: Callable[[Experiment, Task, MethodState], np.ndarray] = new_class_images
+  train_count: Callable[[Experiment, Task], int] = count_new_class_images
+  # (experiment, task, model variables after it, state) -> the state after it:
+  # what the method carries to the next task (importance, memory, side heads).
+  after_task: Callable[[Experiment, Task, dict, MethodState], MethodState] = carry_nothing
+  # Its key in results.json's `seconds` (e.g. 'importance'); '' if it does nothing.
+  after_task_name: str = ''
+  # (experiment, task) -> host arrays shaped like the state after `task`, the
+  # target for restoring it from a checkpoint; None if the method carries nothing.
+  state_like: Callable[[Experiment, Task], MethodState] = nothing_carried
+  # (experiment, task, variables, state, images) -> predicted output indices.
+  predict: Callable[[Experiment, Task, dict, MethodState, np.ndarray],
+                    np.ndarray] = argmax_of_seen_logits
+  # One-line `UserError`s for bad settings, before any data is loaded.
+  check_config: Callable[[ml_collections.ConfigDict], None] = no_checks
+  # After the data is loaded: checks that need it, and what the method needs
+  # besides the dataset (e.g. MUC's auxiliary images), in `experiment.resources`.
+  prepare: Callable[[Experiment], dict] = nothing_to_prepare
+
+  def fingerprint(self, config: ml_collections.ConfigDict) -> dict:
+    """The method's part of the checkpoint fingerprint: its name and its sections."""
+    sections = (self.synthesis.section,) + self.sections if self.synthesis.section else self.sections
+    return {'method': self.name, **{s: config[s].to_dict() for s in sections}}
+
+
+def _method_modules() -> list[Any]:
+  """Every module of this package that defines METHODS, by name."""
+  modules = [importlib.import_module(f'{__name__}.{info.name}')
+             for info in pkgutil.iter_modules(__path__)]
+  return [m for m in modules if hasattr(m, 'METHODS')]
+
+
+def all_methods() -> dict[str, Method]:
+  return {method.name: method for module in _method_modules() for method in module.METHODS}
 
 
 def get_method(name: str) -> Method:
-  # Imported here so that method modules can import this one for `Method`.
-  from mfgr_jax.methods import deepinversion, ewc, finetune, icarl, lwf, lwm, mas, mfgr, muc, oracle  # pylint: disable=g-import-not-at-top
-  registry = {m.name: m for module in (deepinversion, ewc, finetune, icarl, lwf, lwm, mas, mfgr,
-                                       muc, oracle)
-              for m in module.METHODS}
+  registry = all_methods()
   if name not in registry:
     raise UserError(f'unknown method {name!r}; choose one of {", ".join(sorted(registry))} '
                     '(--config.method=...)')
   return registry[name]
+
+
+def default_config_sections() -> dict[str, ml_collections.ConfigDict]:
+  """Every config section a method or a stage I reads, with its defaults (each
+  module's `CONFIG`); configs/default.py adds them to the run's config."""
+  sections = dict(synthesis_kinds.CONFIG)
+  for module in _method_modules():
+    for name, section in getattr(module, 'CONFIG', {}).items():
+      if name in sections:
+        raise ValueError(f'config section {name!r} is defined twice ({module.__name__})')
+      sections[name] = section
+  return {name: ml_collections.ConfigDict(section) for name, section in sections.items()}
+

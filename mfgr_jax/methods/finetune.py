@@ -3,7 +3,8 @@
 import ml_collections
 
 from mfgr_jax import losses
-from mfgr_jax.methods import ClassifierLoss, Method
+from mfgr_jax.classifier import ClassifierLoss
+from mfgr_jax.methods import Method
 from mfgr_jax.scenario import Task
 
 
@@ -18,4 +19,4 @@ def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
   return loss
 
 
-METHODS = (Method('finetune', uses_teacher=False, trains_on_all_seen=False, make_loss=make_loss),)
+METHODS = (Method('finetune', make_loss=make_loss),)

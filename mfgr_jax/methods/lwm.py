@@ -18,9 +18,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from mfgr_jax import losses
-from mfgr_jax.methods import ClassifierLoss, Method, lwf
+from mfgr_jax.classifier import ClassifierLoss
+from mfgr_jax.methods import Method, lwf, previous_model
 from mfgr_jax.models.resnet import Forward, logits_from_feature_map
 from mfgr_jax.scenario import Task
+
+# LwM: LwF + attention_weight * L1 distance of normalised Grad-CAM maps (gamma; FACIL: 1).
+CONFIG = {'lwm': dict(attention_weight=1.0)}
 
 
 def grad_cam(forward: Forward, classes: jax.Array) -> jax.Array:
@@ -51,5 +55,5 @@ def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
   return loss
 
 
-METHODS = (Method('lwm', uses_teacher=True, trains_on_all_seen=False, make_loss=make_loss,
-                  config_section='lwm'),)
+METHODS = (Method('lwm', make_loss=make_loss, sections=('lwm', 'distillation'),
+                  teacher=previous_model),)

@@ -17,13 +17,27 @@ the side head were the model's head. The paper's MUC-MAS rows use it with
 output_norm 'muc', weight 0.02 and accumulate 'sum'.
 """
 
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from mfgr_jax.methods import Importance, Method
-from mfgr_jax.methods.ewc import make_penalised_loss
+from mfgr_jax.methods import ewc, muc
 from mfgr_jax.scenario import Task
+
+if TYPE_CHECKING:
+  from mfgr_jax.experiment import Experiment
+
+CONFIG = {'mas': dict(weight=1.0, accumulate='average', output_norm='l2',
+                      importance_batch_size=64)}
+
+# MUC-MAS's weight of the side classifiers' importance.
+SIDE_IMPORTANCE = 1.4
 
 
 def mean_square(logits: jax.Array) -> jax.Array:
@@ -43,10 +57,38 @@ def make_output_norm(task: Task, config: ml_collections.ConfigDict):
   raise ValueError(f"mas.output_norm must be 'l2', 'squared_l2' or 'muc', got {config.output_norm!r}")
 
 
-METHODS = (Method('mas', uses_teacher=False, trains_on_all_seen=False,
-                  make_loss=make_penalised_loss('mas'),
-                  config_section='mas', importance=Importance(make_output_norm, jnp.abs)),
-           # MUC-MAS: side classifiers (`muc.*`) add their importance (`train.consolidate`).
-           Method('muc_mas', uses_teacher=False, trains_on_all_seen=False,
-                  make_loss=make_penalised_loss('mas'), config_section='mas',
-                  importance=Importance(make_output_norm, jnp.abs), side_classifiers=True))
+def _with_head(variables: dict, kernel: np.ndarray, bias: np.ndarray) -> dict:
+  """`variables` with the linear head replaced (a side classifier as the head)."""
+  head = {'linear': {'dense': {'kernel': kernel, 'bias': bias}}}
+  return {**variables, 'params': {**variables['params'], 'head': head}}
+
+
+def consolidate_with_side_heads(experiment: Experiment, task: Task, variables: dict,
+                                previous: dict | None) -> dict:
+  """MUC-MAS after `task`: MAS's importance plus `SIDE_IMPORTANCE` times the mean
+  importance of the task's side classifiers (trained here, not carried)."""
+  config = experiment.config.mas
+  importance = ewc.mean_importance(experiment, task, experiment.model(task.num_seen), variables,
+                                   make_output_norm(task, config), jnp.abs,
+                                   config.importance_batch_size)
+  heads = muc.train_side_classifiers(experiment, task, variables)['side_heads']
+  side_model = experiment.model(task.num_new)
+  per_head = [ewc.mean_importance(experiment, task, side_model,
+                                  _with_head(variables, heads['kernel'][k], heads['bias'][k]),
+                                  mean_square, jnp.abs, config.importance_batch_size)
+              for k in range(len(heads['kernel']))]
+  importance = jax.tree.map(
+      lambda main, *side: main + SIDE_IMPORTANCE * sum(side) / len(side), importance, *per_head)
+  return ewc.consolidated(config, variables, importance, previous)
+
+
+def _check_muc_mas(config: ml_collections.ConfigDict) -> None:
+  muc.check_config(config)
+  ewc.make_check('mas', make_output_norm)(config)
+
+
+_MAS = ewc.penalty_method('mas', 'mas', make_output_norm, jnp.abs)
+METHODS = (_MAS,
+           dataclasses.replace(_MAS, name='muc_mas', sections=('mas', 'muc'),
+                               after_task=consolidate_with_side_heads,
+                               check_config=_check_muc_mas, prepare=muc.load_auxiliary))

@@ -22,8 +22,9 @@ import functools
 
 import ml_collections
 
-from mfgr_jax import losses
-from mfgr_jax.methods import ClassifierLoss, Method, ReplayLoss, lwf
+from mfgr_jax import losses, synthesis
+from mfgr_jax.classifier import ClassifierLoss, ReplayLoss
+from mfgr_jax.methods import Method, lwf, previous_model
 from mfgr_jax.scenario import Task
 
 BASE_TERMS = ('one_hot', 'class_balance', 'activation', 'signed_difference')
@@ -51,9 +52,9 @@ def make_loss(task: Task, config: ml_collections.ConfigDict,
 
 
 def _method(name: str, terms: tuple[str, ...], distill_real: bool) -> Method:
-  return Method(name, uses_teacher=True, trains_on_all_seen=False,
-                make_loss=functools.partial(make_loss, distill_real=distill_real),
-                synthesis='generator', generator_terms=terms)
+  return Method(name, make_loss=functools.partial(make_loss, distill_real=distill_real),
+                sections=('distillation',), teacher=previous_model,
+                synthesis=synthesis.generator(terms))
 
 
 METHODS = (

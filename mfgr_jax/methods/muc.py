@@ -13,16 +13,35 @@ lambda = C_old / C (MUC: t/(t+1), the same for equal tasks). As MUC's code,
 only the most recent task's side heads are distilled; they stay frozen.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from absl import logging
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from mfgr_jax import losses
-from mfgr_jax.methods import ClassifierLoss, Method, lwf
+from mfgr_jax import classifier, keys, losses, parallel
+from mfgr_jax.data.loading import Dataset, load_dataset
+from mfgr_jax.errors import UserError
+from mfgr_jax.methods import Method, lwf, previous_model
 from mfgr_jax.scenario import Task
-from mfgr_jax.side_classifiers import side_logits
+from mfgr_jax.side_classifiers import side_logits, train_side_heads
+from mfgr_jax.validation import check_positive
+
+if TYPE_CHECKING:
+  from mfgr_jax.experiment import Experiment
+
+# MUC (muc_lwf, muc_mas): side classifiers per task on frozen features, with a
+# discrepancy term on the training images of `auxiliary` (a `data.name`; SVHN
+# in the paper; synthetic ones are made in the main dataset's shape). MUC's
+# recipe: 3 heads, 80 epochs, SGD 0.1 divided by 10 at 1/2, 3/4 and 7/8.
+CONFIG = {'muc': dict(auxiliary='synthetic', side_heads=3, side_epochs=80,
+                      side_learning_rate=0.1, side_batch_size=128)}
 
 
-def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
+def make_loss(task: Task, config: ml_collections.ConfigDict) -> classifier.ClassifierLoss:
   lwf_loss = lwf.make_loss(task, config)
   if not task.num_old:
     return lwf_loss
@@ -41,5 +60,52 @@ def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
   return loss
 
 
-METHODS = (Method('muc_lwf', uses_teacher=True, trains_on_all_seen=False, make_loss=make_loss,
-                  config_section='muc', side_classifiers=True),)
+def train_side_classifiers(experiment: Experiment, task: Task, variables: dict,
+                           previous: dict | None = None) -> dict:
+  """After `task`: {'side_heads'} trained on its new classes' frozen features."""
+  del previous  # only the most recent task's heads are distilled
+  features = experiment.features_step(task, l2_normalise=False)
+  indices = experiment.class_images(task.num_old, task.num_seen)
+  auxiliary = experiment.resources['auxiliary']
+  heads, metrics = train_side_heads(
+      experiment.in_batches(features, variables, experiment.dataset.train_images[indices]),
+      experiment.train_targets[indices] - task.num_old,
+      experiment.in_batches(features, variables, auxiliary.train_images),
+      experiment.config.muc, experiment.task_key(task, keys.SIDE_HEADS))
+  logging.info('task %d side classifiers: %s', task.index,
+               ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
+  return {'side_heads': heads}
+
+
+def side_heads_like(experiment: Experiment, task: Task) -> dict:
+  heads = experiment.config.muc.side_heads
+  return {'side_heads': {'kernel': np.zeros((heads, experiment.feature_dim(), task.num_new),
+                                            np.float32),
+                         'bias': np.zeros((heads, task.num_new), np.float32)}}
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  check_positive(config, ('muc.side_heads', 'muc.side_epochs', 'muc.side_batch_size',
+                          'muc.side_learning_rate'))
+
+
+def load_auxiliary(experiment: Experiment) -> dict[str, Dataset]:
+  """MUC's unlabelled images: `muc.auxiliary`, read like `data` (synthetic ones in
+  the main dataset's shape)."""
+  config, dataset = experiment.config, experiment.dataset
+  auxiliary = ml_collections.ConfigDict(config.data.to_dict())
+  auxiliary.name = config.muc.auxiliary
+  auxiliary.synthetic.image_size, _, auxiliary.synthetic.channels = dataset.image_shape
+  with parallel.main_process_first('prepare auxiliary data'):
+    loaded = load_dataset(auxiliary, None)
+  if loaded.image_shape != dataset.image_shape:
+    raise UserError(f'muc.auxiliary={auxiliary.name!r} has {loaded.image_shape} images but '
+                    f'{dataset.name} has {dataset.image_shape}; choose another dataset or set '
+                    '--config.data.image_size')
+  return {'auxiliary': loaded}
+
+
+METHODS = (Method('muc_lwf', make_loss=make_loss, sections=('muc', 'distillation'),
+                  teacher=previous_model, after_task=train_side_classifiers,
+                  after_task_name='side_classifiers', state_like=side_heads_like,
+                  check_config=check_config, prepare=load_auxiliary),)

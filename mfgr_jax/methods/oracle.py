@@ -4,7 +4,28 @@ Not joint training from scratch: each task continues from the previous model
 with the widened head, as `--method oracle --dataloader_type oracle` does.
 """
 
-from mfgr_jax.methods import Method
-from mfgr_jax.methods.finetune import make_loss
+from __future__ import annotations
 
-METHODS = (Method('oracle', uses_teacher=False, trains_on_all_seen=True, make_loss=make_loss),)
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mfgr_jax.methods import Method, MethodState
+from mfgr_jax.methods.finetune import make_loss
+from mfgr_jax.scenario import Task
+
+if TYPE_CHECKING:
+  from mfgr_jax.experiment import Experiment
+
+
+def seen_class_images(experiment: Experiment, task: Task, state: MethodState) -> np.ndarray:
+  del state
+  return experiment.class_images(0, task.num_seen)
+
+
+def count_seen_class_images(experiment: Experiment, task: Task) -> int:
+  return len(experiment.class_images(0, task.num_seen))
+
+
+METHODS = (Method('oracle', make_loss=make_loss, train_images=seen_class_images,
+                  train_count=count_seen_class_images),)

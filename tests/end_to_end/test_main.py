@@ -1,4 +1,6 @@
-"""Whole runs of the entry point on the synthetic smoke config."""
+"""Whole runs of the entry point on the synthetic smoke config (LwF, its default):
+what a run writes, equal results after resuming or kill -9, a shared task-0
+model, refusing a changed config or a busy workdir, one-line errors for bad input."""
 
 import json
 import time
@@ -12,6 +14,7 @@ from mfgr_jax.errors import UserError
 
 from conftest import (SMOKE, comparable, kill_9_after_checkpoint, load_results, run_main,
                       start_main)
+
 
 @pytest.fixture(scope='module')
 def lwf_run(tmp_path_factory):
@@ -42,17 +45,6 @@ def test_smoke_run_writes_results_report_and_tensorboard(lwf_run):
   events.Reload()
   tags = set(events.Tags()['scalars']) | set(events.Tags()['tensors'])
   assert {'classifier/loss', 'classifier/kd', 'eval/accuracy', 'eval/old_accuracy'} <= tags
-
-
-@pytest.mark.parametrize('method', ['finetune', 'oracle'])
-def test_other_methods_run(smoke_config, tmp_path, method):
-  smoke_config.method = method
-  smoke_config.scenario.num_tasks = 2
-  results = train.run(smoke_config, str(tmp_path))
-  assert results['method'] == method and len(results['accuracy']) == 2
-  # Oracle trains on the old classes too, so it must keep them better than finetune forgets them.
-  if method == 'oracle':
-    assert results['accuracy_matrix'][1][0] > 60
 
 
 def test_same_config_same_results(smoke_config, tmp_path, lwf_run):

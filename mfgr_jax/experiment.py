@@ -1,0 +1,149 @@
+"""What is fixed for a run: the checked config, the data in output-index space,
+the tasks and the method; and what hooks need of it (models, keys, batches)."""
+
+import dataclasses
+import pathlib
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mfgr_jax import classifier
+from mfgr_jax import keys
+from mfgr_jax import parallel
+from mfgr_jax.data.loading import Dataset, load_dataset, subsample_per_class
+from mfgr_jax.errors import UserError
+from mfgr_jax.methods import Method, get_method
+from mfgr_jax.models.generator import Generator
+from mfgr_jax.models.resnet import resnet
+from mfgr_jax.scenario import Task, class_order, listed_classes, make_tasks
+from mfgr_jax.validation import check_choice, check_positive
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything fixed for a run: data in output-index space, tasks, method."""
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  method: Method
+  dataset: Dataset
+  order: list[int]
+  tasks: list[Task]  # the whole scenario, also when `config.scenario.num_tasks` stops early
+  train_targets: np.ndarray  # output index of each training image, -1 if not in the order
+  test_targets: np.ndarray
+  resources: dict = dataclasses.field(default_factory=dict)  # `Method.prepare`'s
+
+  @property
+  def tasks_to_run(self) -> list[Task]:
+    return self.tasks[:self.config.scenario.num_tasks or len(self.tasks)]
+
+  def model(self, num_classes: int):
+    return resnet(self.config.model.depth, num_classes, self.config.model.width,
+                  self.config.model.stem, bn_axis_name=parallel.AXIS,
+                  dtype=self.config.model.compute_dtype)
+
+  def variables_like(self, num_classes: int) -> dict:
+    """Host arrays shaped like the model's variables: a target for restoring."""
+    return parallel.to_host(self.model(num_classes).init(
+        jax.random.PRNGKey(0), jnp.zeros((1,) + self.dataset.image_shape), train=False))
+
+  def feature_dim(self) -> int:
+    """The size of the pooled features the head reads."""
+    return self.variables_like(1)['params']['head']['linear']['dense']['kernel'].shape[0]
+
+  def generator(self) -> Generator:
+    height, _, channels = self.dataset.image_shape
+    config = self.config.generator
+    return Generator(image_size=config.image_size or height, channels=channels,
+                     latent_dim=config.latent_dim, hidden=config.hidden,
+                     architecture=config.architecture, output_size=height,
+                     axis_name=parallel.AXIS)
+
+  def task_key(self, task: Task, stream: int) -> jax.Array:
+    return keys.task_key(self.config.seed, task.index, stream)
+
+  def class_images(self, first: int, last: int) -> np.ndarray:
+    """Indices of the training images of output classes first .. last - 1."""
+    return np.flatnonzero((self.train_targets >= first) & (self.train_targets < last))
+
+  def synthesis_steps(self, task: Task) -> int:
+    """Stage I steps of `task`: none at task 0 or for methods that replay nothing."""
+    return self.method.synthesis.steps(self.config) if task.num_old else 0
+
+  def train_count(self, task: Task) -> int:
+    return self.method.train_count(self, task)
+
+  def steps_per_epoch(self, task: Task) -> int:
+    return self.train_count(task) // self.config.train.batch_size
+
+  def total_steps(self, task: Task) -> int:
+    return self.config.train.epochs * self.steps_per_epoch(task)
+
+  def fingerprint(self) -> dict:
+    """What must match for a checkpoint of this workdir to be resumed."""
+    data = self.config.data
+    return {'dataset': self.dataset.name,
+            'images': {k: data[k] for k in ('max_train_per_class', 'max_test_per_class',
+                                            'image_size')},
+            'class_order': self.order, 'tasks': [list(t.classes) for t in self.tasks],
+            'model': self.config.model.to_dict(), **self.method.fingerprint(self.config)}
+
+  def in_batches(self, step: Callable, variables: dict, images: np.ndarray) -> np.ndarray:
+    """`step(variables, batch)` of a data-parallel eval step over `images`, in
+    batches of `eval_batch_size` (the last padded), concatenated."""
+    return parallel.map_in_batches(step, parallel.replicate(variables), images,
+                                   self.config.eval_batch_size)
+
+  def features_step(self, task: Task, flip: bool = False, l2_normalise: bool = True) -> Callable:
+    """`classifier.make_features_step` of the model after `task`."""
+    return classifier.make_features_step(self.model(task.num_seen), self.dataset.mean,
+                                         self.dataset.std, flip, l2_normalise)
+
+
+def check_config(config: ml_collections.ConfigDict, method: Method) -> None:
+  """One-line errors for bad settings, before any data is loaded."""
+  try:
+    resnet(config.model.depth, 1, config.model.width, config.model.stem,
+           dtype=config.model.compute_dtype)
+  except ValueError as e:
+    raise UserError(f'model: {e}; fix --config.model.*') from None
+  check_positive(config, ('train.batch_size', 'eval_batch_size', 'log_every_steps',
+                          'checkpoint_every_steps'))
+  check_choice(config.on_nonfinite, 'on_nonfinite', ('stop', 'skip'))
+  parallel.check_divisible(config.train.batch_size, 'train.batch_size')
+  parallel.check_divisible(config.eval_batch_size, 'eval_batch_size')
+  method.synthesis.check_config(config)
+  method.check_config(config)
+
+
+def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Experiment:
+  """Checks the config, loads the data and builds the scenario; raises `UserError`."""
+  method = get_method(config.method)
+  check_config(config, method)
+  # An explicit class order may name a subset: only those classes are loaded.
+  with parallel.main_process_first('prepare data'):
+    dataset = load_dataset(config.data, listed_classes(config.scenario.class_order))
+  if config.data.max_train_per_class or config.data.max_test_per_class:
+    dataset = subsample_per_class(dataset, config.data.max_train_per_class,
+                                  config.data.max_test_per_class)
+  order = class_order(dataset.num_classes, config.scenario.class_order,
+                      config.scenario.class_order_seed)
+  tasks = make_tasks(order, config.scenario.base_classes, config.scenario.increment)
+  if not 0 <= config.scenario.num_tasks <= len(tasks):
+    raise UserError(f'scenario.num_tasks={config.scenario.num_tasks} but the scenario has '
+                    f'{len(tasks)} tasks; use 0 (all) or a number up to {len(tasks)}')
+  output_of_label = np.full(dataset.num_classes, -1, np.int32)
+  output_of_label[order] = np.arange(len(order))
+  experiment = Experiment(config, workdir, method, dataset, order, tasks,
+                          output_of_label[dataset.train_labels],
+                          output_of_label[dataset.test_labels])
+  method.synthesis.prepare(experiment)
+  experiment.resources = method.prepare(experiment)
+  for task in experiment.tasks_to_run:
+    if experiment.steps_per_epoch(task) == 0:
+      raise UserError(f'task {task.index} has {experiment.train_count(task)} training '
+                      f'images, fewer than train.batch_size={config.train.batch_size}; lower '
+                      'the batch size or use more data per class')
+  return experiment

@@ -1,0 +1,13 @@
+"""Every random number of a run comes from the config seed: a task's key is
+fold_in(fold_in(PRNGKey(seed), task index), stream), one stream per use, so a
+resumed run replays exactly the stream of an uninterrupted one. A new use
+takes a new stream number (never reuse one: runs would change)."""
+
+import jax
+
+(INIT, HEAD, ORDER, AUGMENT, GENERATOR_INIT, GENERATOR_STEPS, REPLAY, SAMPLES, SIDE_HEADS,
+ SYNTHESIS) = range(10)
+
+
+def task_key(seed: int, task_index: int, stream: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), task_index), stream)

@@ -1,0 +1,44 @@
+"""results.json: one run's results, task by task (the output contract of docs/design.md)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mfgr_jax import evaluation
+
+if TYPE_CHECKING:
+  from mfgr_jax.experiment import Experiment
+
+
+def new_results(experiment: Experiment) -> dict:
+  return {
+      'method': experiment.method.name, 'dataset': experiment.dataset.name,
+      'seed': experiment.config.seed, 'class_order': experiment.order,
+      'class_names': experiment.dataset.class_names,
+      'tasks': [list(t.classes) for t in experiment.tasks],
+      'accuracy': [], 'accuracy_matrix': [], 'old_accuracy': [], 'new_accuracy': [],
+      'per_class_accuracy': [], 'confusion_matrix': [], 'seconds': [], 'throughput': [],
+      'skipped_steps': [],
+      'task0_from': None,
+      'average_incremental_accuracy': None, 'last_accuracy': None, 'forgetting': None,
+      'metric_definitions': evaluation.__doc__.split('\n\n', 1)[1].strip(),
+  }
+
+
+def record_task(results: dict, order: list[int], metrics: dict, seconds: dict,
+                throughput: dict, skipped: dict) -> None:
+  """Appends one task's evaluation to `results` and refreshes the summaries."""
+  results['accuracy'].append(metrics['accuracy'])
+  results['accuracy_matrix'].append(metrics['task_accuracies'])
+  results['old_accuracy'].append(metrics['old_accuracy'])
+  results['new_accuracy'].append(metrics['new_accuracy'])
+  results['per_class_accuracy'].append(
+      {str(order[c]): a for c, a in enumerate(metrics['per_class_accuracy'])})
+  results['confusion_matrix'].append(metrics['confusion_matrix'])
+  results['seconds'].append(seconds)
+  results['throughput'].append(throughput)
+  results['skipped_steps'].append(dict(skipped))
+  results['average_incremental_accuracy'] = evaluation.average_incremental_accuracy(
+      results['accuracy'])
+  results['last_accuracy'] = results['accuracy'][-1]
+  results['forgetting'] = evaluation.forgetting(results['accuracy_matrix'])

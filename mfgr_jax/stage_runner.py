@@ -1,0 +1,147 @@
+"""The generic stage runner: steps a state to the end of a stage, with logging,
+TensorBoard metrics, progress checkpoints, preemption and non-finite checks.
+
+Every stage of a task (stage I's generator or pixel pool, the classifier) is
+`state, metrics = step(state, [batch,] *arguments)` repeated from `state.step`
+to the stage's last step; the runner knows nothing of what the step does.
+"""
+
+import time
+from typing import Any, Callable
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import jax
+import numpy as np
+
+from mfgr_jax import numerics
+from mfgr_jax import parallel
+from mfgr_jax import preemption
+from mfgr_jax import report
+from mfgr_jax.checkpoints import Checkpoints
+from mfgr_jax.errors import Interrupted, NonFiniteLoss
+from mfgr_jax.scenario import Task
+
+
+class StageRunner:
+  """Runs the stages of a run's tasks; holds where they report and checkpoint.
+
+  `skipped`: updates not applied in the current task because a loss or
+  gradient was not finite, per stage (on_nonfinite='skip'); saved with the
+  progress checkpoints.
+  """
+
+  def __init__(self, checkpoints: Checkpoints, writer: metric_writers.MetricWriter,
+               progress: periodic_actions.ReportProgress, on_nonfinite: str,
+               checkpoint_every_steps: int, fingerprint: dict):
+    self.checkpoints = checkpoints
+    self.writer = writer
+    self.skipped: dict[str, int] = {}
+    self._progress = progress
+    self._on_nonfinite = on_nonfinite
+    self._checkpoint_every_steps = checkpoint_every_steps
+    self._fingerprint = fingerprint
+
+  def resume_point(self, task: Task) -> dict | None:
+    """The metadata of the latest progress checkpoint if it is inside `task`
+    (then `skipped` is restored from it), else None (and `skipped` is reset)."""
+    meta = self.checkpoints.progress_meta()
+    resume = meta if meta is not None and meta['task'] == task.index else None
+    self.skipped = dict(resume.get('skipped', {})) if resume else {}
+    return resume
+
+  def run(self, stage: str, task: Task, step: Callable[..., tuple[Any, dict]], state: Any,
+          total_steps: int, global_offset: int, seconds: dict, log_every: int,
+          arguments: tuple = (), batches: Callable[[int], dict] | None = None,
+          saved_with_state: dict | None = None) -> tuple[Any, float | None]:
+    """Runs `state, metrics = step(state, [batches(i),] *arguments)` for i from
+    `state.step` to `total_steps`.
+
+    Logs metrics every `log_every` steps, and saves {stage: state,
+    **saved_with_state} as a progress checkpoint every `checkpoint_every_steps`,
+    with the stage's name, step and the seconds spent so far. Updates
+    `seconds[stage]`; returns the state and the steps per second (excluding
+    the first, compiling step). Whether a step's update was skipped as
+    non-finite is read at log and checkpoint steps. On SIGTERM/SIGINT it saves
+    at the current step and raises `Interrupted`.
+    """
+    first_step, seconds_before = int(state.step), seconds.get(stage, 0.0)
+    start, timed_from, unchecked = time.time(), None, []
+    for i in range(first_step, total_steps):
+      inputs = (batches(i),) + arguments if batches is not None else arguments
+      state, metrics = step(state, *inputs)
+      unchecked.append((i + 1, metrics))
+      if timed_from is None:
+        jax.block_until_ready(state)
+        timed_from = (i + 1, time.time())
+      global_step = global_offset + i + 1
+      self._progress(global_step)
+      log = (i + 1) % log_every == 0 or i + 1 == total_steps
+      save = (i + 1) % self._checkpoint_every_steps == 0 and i + 1 < total_steps
+      stop = preemption.requested(global_step)
+      if log or save or stop:
+        self._check_finite(stage, task, unchecked)
+        unchecked = []
+      if log:
+        self._report(stage, task, i + 1, total_steps, global_step, metrics)
+      if save or stop:
+        seconds[stage] = seconds_before + time.time() - start
+        self.save(stage, task, i + 1, global_step, {stage: state, **(saved_with_state or {})},
+                  seconds)
+      if stop:
+        self.checkpoints.wait()
+        raise Interrupted(f'stopped by {stop} in task {task.index} {stage} at step {i + 1}/'
+                          f'{total_steps}; saved a checkpoint there; run the same command to '
+                          'continue')
+    jax.block_until_ready(state)
+    end = time.time()
+    seconds[stage] = seconds_before + end - start
+    timed_steps = total_steps - timed_from[0] if timed_from else 0
+    return state, (timed_steps / (end - timed_from[1]) if timed_steps else None)
+
+  def save(self, stage: str, task: Task, step: int, global_step: int, payload: dict,
+           seconds: dict) -> None:
+    """A progress checkpoint of `payload` at `stage`'s `step` (read back on resume)."""
+    self.checkpoints.save_progress(global_step, payload, {
+        'task': task.index, 'stage': stage, 'step': step, 'seconds': seconds,
+        'skipped': self.skipped, 'fingerprint': self._fingerprint})
+
+  def write_images(self, stage: str, task: Task, grid: np.ndarray, folder: Any,
+                   global_step: int) -> None:
+    """A PNG grid in FOLDER/task<t>.png (process 0) and in TensorBoard (`STAGE/samples`)."""
+    if parallel.is_main_process():
+      folder.mkdir(exist_ok=True)
+      report.write_png(folder / f'task{task.index}.png', grid)
+    self.writer.write_images(global_step, {f'{stage}/samples': grid[None]})
+
+  def _report(self, stage: str, task: Task, step: int, total_steps: int, global_step: int,
+              metrics: dict) -> None:
+    scalars = {f'{stage}/{k}': float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+    self.writer.write_scalars(global_step, scalars)
+    line = ', '.join(f'{k.split("/", 1)[1]} {v:.4f}' for k, v in scalars.items())
+    if 'class_counts' in metrics:  # histogram of the old model's argmax on generated images
+      counts = np.asarray(metrics['class_counts']).astype(int)
+      self.writer.write_histograms(
+          global_step, {f'{stage}/predicted_class': np.repeat(np.arange(len(counts)), counts)},
+          num_buckets={f'{stage}/predicted_class': len(counts)})
+      line += f', predicted classes {counts.tolist()}'
+    logging.info('task %d %s step %d/%d: %s', task.index, stage, step, total_steps, line)
+
+  def _check_finite(self, stage: str, task: Task, steps: list[tuple[int, dict]]) -> None:
+    """Stops (NonFiniteLoss) or counts the steps whose update was skipped as non-finite."""
+    bad = [(step, metrics) for step, metrics in steps if float(metrics[numerics.SKIPPED])]
+    if not bad:
+      return
+    if self._on_nonfinite == 'skip':
+      self.skipped[stage] = self.skipped.get(stage, 0) + len(bad)
+      logging.warning('task %d %s: skipped %d non-finite updates (steps %s)', task.index, stage,
+                      len(bad), [step for step, _ in bad])
+      return
+    step, metrics = bad[0]
+    terms = [k for k, v in metrics.items() if np.ndim(v) == 0 and not np.isfinite(float(v))]
+    what = ', '.join(terms) or 'a gradient or new parameter'
+    raise NonFiniteLoss(
+        f'task {task.index} {stage} step {step}: {what} not finite; the update was not applied '
+        f'and the run stopped; {self.checkpoints.latest_description()}; lower the learning '
+        'rate or the loss weights, or set --config.on_nonfinite=skip to skip such updates')

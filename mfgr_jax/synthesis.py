@@ -1,0 +1,287 @@
+"""Stage I kinds: what a method records of the frozen old model before an
+incremental task, and how stage II replays it.
+
+- `NONE`: nothing (no stage I; stage II trains on real images only).
+- `generator(terms)`: MFGR's knowledge recording, a fresh generator trained
+  against the old model with the named loss terms (`inversion.GENERATOR_TERMS`);
+  stage II samples new images from it at every step.
+- `PIXEL_POOL`: DeepInversion, a fixed pool of images optimised pixel by pixel;
+  stage II draws from it.
+
+A kind is a record of pure functions, like a `methods.Method`; a method names
+its kind in `Method.synthesis`. Each kind's settings are a config section
+(`CONFIG`, with `replay`, the settings of stage II's replayed batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import TYPE_CHECKING, Any, Callable
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mfgr_jax import classifier
+from mfgr_jax import inversion
+from mfgr_jax import keys
+from mfgr_jax import parallel
+from mfgr_jax.errors import UserError
+from mfgr_jax.models.generator import generator_features
+from mfgr_jax.scenario import Task
+from mfgr_jax.stage_runner import StageRunner
+from mfgr_jax.validation import check_choice, check_positive
+
+if TYPE_CHECKING:
+  from mfgr_jax.experiment import Experiment
+
+CONFIG = {
+    # Stage I of the generator methods (mfgr, lwf_g_bn, g_bn, lwf_g_base, icarl_mfgr):
+    # a fresh DAFL generator per incremental task, trained against the frozen old
+    # model. The paper's CIFAR setting: 60000 steps at batch 512.
+    # architecture: 'dafl' (Generator32: two upsampling blocks) or 'pyramid'
+    # (Generator128/256 of the CUB experiments: 4x4 start, one block per doubling).
+    # image_size: 0 = the data's size; else made at this size, then resized.
+    # diversity_pairs: the code: 200 pairs of a 512 batch. weights: of the loss
+    # terms, a method uses the subset it names (methods/mfgr.py); code defaults,
+    # the paper's diversity weight lambda3 = 0.1.
+    'generator': dict(
+        steps=300, batch_size=128, learning_rate=0.01, latent_dim=1000, hidden=128,
+        architecture='dafl', image_size=0, diversity_pairs=50,
+        weights=dict(one_hot=1.0, class_balance=5.0, activation=0.1, signed_difference=10.0,
+                     bn_statistics=20.0, diversity=0.1),
+        log_every_steps=50),
+    # Stage I of deepinversion: `batches` batches of images, each optimised from
+    # noise for `iterations` Adam steps against the frozen old model (spec §8.8;
+    # DeepInversion's CIFAR setting: 2000 iterations at batch 256, lr 0.05), with
+    # class-balanced targets and jitter (random shift up to `jitter` px, flip).
+    # bn_statistics is MFGR's term and weight (a mean over layers; DeepInversion
+    # sums over layers with r = 10), so that the comparison is pool vs generator.
+    'deepinversion': dict(
+        batches=2, batch_size=128, iterations=200, learning_rate=0.05, jitter=2, flip=True,
+        weights=dict(target_ce=1.0, bn_statistics=20.0, total_variation=2.5e-5, l2_prior=1e-5),
+        log_every_steps=50),
+    # Stage II: generated images per step next to each real batch (the code: 512
+    # with 128 real). balance: 'fixed' = always generated_batch_size (the code);
+    # 'per_class' = as many generated images per old class as real ones per new
+    # class (the paper's 1:1). single_pass: True = one train-mode pass over
+    # generated + real images (the code: two passes, BN statistics threaded).
+    'replay': dict(generated_batch_size=128, balance='fixed', single_pass=False),
+}
+
+# (experiment, task, the old model's variables on devices, runner, the task's
+# progress checkpoint metadata or None, seconds per stage, global step offset)
+# -> (what stage II replays from, as host arrays; throughput).
+Record = Callable[['Experiment', Task, Any, StageRunner, 'dict | None', dict, int],
+                  tuple[Any, dict]]
+
+
+def _no_steps(config: ml_collections.ConfigDict) -> int:
+  del config
+  return 0
+
+
+def _no_checks(config: ml_collections.ConfigDict) -> None:
+  del config
+
+
+def _nothing_to_prepare(experiment: Experiment) -> None:
+  del experiment
+
+
+@dataclasses.dataclass(frozen=True)
+class Synthesis:
+  """A kind of stage I; the defaults are `NONE`'s."""
+  stage: str = ''  # the stage's name in logs, results' seconds and checkpoints
+  section: str = ''  # its config section (part of the checkpoint fingerprint)
+  steps: Callable[[ml_collections.ConfigDict], int] = _no_steps  # per incremental task
+  record: Record | None = None
+  # (experiment, task) -> where stage II's replayed images come from.
+  source: Callable[[Experiment, Task], classifier.ReplaySource] | None = None
+  # experiment -> host arrays shaped like what `record` returns: a restore target.
+  arrays_like: Callable[[Experiment], Any] | None = None
+  check_config: Callable[[ml_collections.ConfigDict], None] = _no_checks
+  # Checks that need the data, after it is loaded.
+  prepare: Callable[[Experiment], None] = _nothing_to_prepare
+
+
+NONE = Synthesis()
+
+
+def stage_names() -> tuple[str, ...]:
+  """The stage names of every kind of stage I (results' `seconds` keys)."""
+  return tuple(kind.stage for kind in (generator(()), PIXEL_POOL))
+
+
+def generated_batch_size(config: ml_collections.ConfigDict, task: Task) -> int:
+  """Generated images per stage II step (`config.replay.balance`)."""
+  if config.replay.balance == 'fixed':
+    return config.replay.generated_batch_size
+  # 'per_class': as many per old class as real images per new class, rounded
+  # up to a multiple of the device count.
+  wanted = config.train.batch_size * task.num_old / task.num_new
+  return int(np.ceil(wanted / parallel.device_count()) * parallel.device_count())
+
+
+def _run_to_end(stage: str, experiment: Experiment, task: Task, runner: StageRunner,
+                resume: dict | None, seconds: dict, global_offset: int, state: Any,
+                step: Callable, arguments: tuple, log_every: int) -> tuple[Any, float | None]:
+  """Runs stage I's `state = step(state, *arguments)` to the end from `state` or its
+  progress checkpoint; returns the final state (on devices) and steps per second."""
+  if resume is not None:
+    state = runner.checkpoints.restore_progress({stage: parallel.to_host(state)})[stage]
+    logging.info('Resuming task %d %s at step %d', task.index, stage, int(state.step))
+  first_step, total_steps = int(state.step), experiment.synthesis_steps(task)
+  state, steps_per_second = runner.run(stage, task, step, parallel.replicate(state), total_steps,
+                                       global_offset, seconds, log_every, arguments)
+  if first_step < total_steps:  # a finished stage I survives a kill during stage II
+    runner.save(stage, task, total_steps, global_offset + total_steps, {stage: state}, seconds)
+  return state, steps_per_second
+
+
+def _write_samples(stage: str, experiment: Experiment, task: Task, images: np.ndarray,
+                   runner: StageRunner, global_step: int) -> None:
+  """A PNG grid of stage I's images in WORKDIR/samples/ and in TensorBoard."""
+  shown = 128 if images.shape[1] <= 64 else 32  # keeps 224-pixel grids a few MB
+  grid = inversion.image_grid(parallel.to_host(images)[:shown], experiment.dataset.mean,
+                              experiment.dataset.std)
+  runner.write_images(stage, task, grid, experiment.workdir / 'samples', global_step)
+
+
+def _check_common(name: str, fields: tuple[str, ...], config: ml_collections.ConfigDict) -> None:
+  check_positive(config, tuple(f'{name}.{field}' for field in
+                               ('batch_size', 'learning_rate', 'log_every_steps') + fields))
+  parallel.check_divisible(config[name].batch_size, f'{name}.batch_size')
+
+
+def _check_replay(config: ml_collections.ConfigDict) -> None:
+  check_choice(config.replay.balance, 'replay.balance', ('fixed', 'per_class'))
+
+
+def _prepare_replay(experiment: Experiment) -> None:
+  for task in experiment.tasks_to_run[1:]:
+    parallel.check_divisible(generated_batch_size(experiment.config, task),
+                             f'the generated batch of task {task.index}')
+
+
+# --- generator (MFGR) ---------------------------------------------------------
+
+
+def _record_with_generator(terms: tuple[str, ...], experiment: Experiment, task: Task,
+                           old_vars: Any, runner: StageRunner, resume: dict | None,
+                           seconds: dict, global_offset: int) -> tuple[Any, dict]:
+  """Trains a fresh generator against the frozen old model; returns its params."""
+  config = experiment.config.generator
+  generator, teacher = experiment.generator(), experiment.model(task.num_old)
+  tx = inversion.make_optimizer(config)
+  step = inversion.make_generator_step(generator, teacher, tx, config, terms)
+  state = inversion.init_state(generator, experiment.task_key(task, keys.GENERATOR_INIT), tx)
+  state, steps_per_second = _run_to_end(
+      'generator', experiment, task, runner, resume, seconds, global_offset, state, step,
+      (old_vars, experiment.task_key(task, keys.GENERATOR_STEPS)), config.log_every_steps)
+  params = parallel.to_host(state.params)
+  count = config.batch_size  # the batch size its BN statistics expect
+  samples = inversion.make_sampler(generator, count)(parallel.replicate(params),
+                                                     experiment.task_key(task, keys.SAMPLES))
+  _write_samples('generator', experiment, task, samples, runner,
+                 global_offset + experiment.synthesis_steps(task))
+  return params, {'generator_images_per_second': (
+      steps_per_second * config.batch_size if steps_per_second else None)}
+
+
+def _generator_source(experiment: Experiment, task: Task) -> classifier.ReplaySource:
+  return classifier.generator_source(experiment.generator(),
+                                     generated_batch_size(experiment.config, task))
+
+
+def _generator_params_like(experiment: Experiment) -> Any:
+  return parallel.to_host(experiment.generator().init(
+      jax.random.PRNGKey(0), jnp.zeros((2, experiment.config.generator.latent_dim)))['params'])
+
+
+def _check_generator(terms: tuple[str, ...], config: ml_collections.ConfigDict) -> None:
+  _check_common('generator', ('steps',), config)
+  _check_replay(config)
+  if 'diversity' in terms and 2 * config.generator.diversity_pairs > config.generator.batch_size:
+    raise UserError(f'generator.diversity_pairs={config.generator.diversity_pairs} needs '
+                    f'generator.batch_size >= {2 * config.generator.diversity_pairs} (pairs join '
+                    'the two halves of the batch); lower the pairs or raise the batch')
+
+
+def _prepare_generator(experiment: Experiment) -> None:
+  height, width, _ = experiment.dataset.image_shape
+  if height != width:
+    raise UserError(f'the generator makes square images but {experiment.dataset.name} has '
+                    f'{height}x{width} images; set --config.data.image_size to resize them')
+  config = experiment.config.generator
+  try:
+    generator_features(config.architecture, config.hidden, config.image_size or height)
+  except ValueError as e:
+    raise UserError(f'generator: {e}; fix --config.generator.image_size or .architecture') from None
+  _prepare_replay(experiment)
+
+
+def generator(terms: tuple[str, ...]) -> Synthesis:
+  """MFGR's stage I with the generator loss terms `terms`."""
+  return Synthesis(stage='generator', section='generator',
+                   steps=lambda config: config.generator.steps,
+                   record=functools.partial(_record_with_generator, terms),
+                   source=_generator_source, arrays_like=_generator_params_like,
+                   check_config=functools.partial(_check_generator, terms),
+                   prepare=_prepare_generator)
+
+
+# --- pixel pool (DeepInversion) -----------------------------------------------
+
+
+def _record_pixel_pool(experiment: Experiment, task: Task, old_vars: Any, runner: StageRunner,
+                       resume: dict | None, seconds: dict, global_offset: int) -> tuple[Any, dict]:
+  """Optimises a pool of images against the frozen old model; returns the pool."""
+  config = experiment.config.deepinversion
+  tx = inversion.make_pixel_optimizer(config)
+  step = inversion.make_pixel_step(experiment.model(task.num_old), tx, config, task.num_old)
+  state = inversion.init_pixel_state(config, experiment.dataset.image_shape, tx)
+  state, steps_per_second = _run_to_end(
+      'synthesis', experiment, task, runner, resume, seconds, global_offset, state, step,
+      (old_vars, experiment.task_key(task, keys.SYNTHESIS)), config.log_every_steps)
+  pool = parallel.to_host(state.pool)
+  _write_samples('synthesis', experiment, task, pool, runner,
+                 global_offset + experiment.synthesis_steps(task))
+  return pool, {'synthesis_images_per_second': (
+      steps_per_second * config.batch_size / config.iterations if steps_per_second else None)}
+
+
+def _pool_source(experiment: Experiment, task: Task) -> classifier.ReplaySource:
+  return classifier.pool_source(inversion.pool_size(experiment.config.deepinversion),
+                                generated_batch_size(experiment.config, task))
+
+
+def _pool_like(experiment: Experiment) -> np.ndarray:
+  return np.zeros((inversion.pool_size(experiment.config.deepinversion),) +
+                  experiment.dataset.image_shape, np.float32)
+
+
+def _check_pixel_pool(config: ml_collections.ConfigDict) -> None:
+  _check_common('deepinversion', ('batches', 'iterations'), config)
+  if config.deepinversion.jitter < 0:
+    raise UserError(f'deepinversion.jitter={config.deepinversion.jitter} must be >= 0')
+  _check_replay(config)
+
+
+def _prepare_pixel_pool(experiment: Experiment) -> None:
+  _prepare_replay(experiment)
+  most_old = max((t.num_old for t in experiment.tasks_to_run), default=0)
+  size = inversion.pool_size(experiment.config.deepinversion)
+  if size < most_old:
+    raise UserError(f'the deepinversion pool ({size} images) cannot hold one image of each of '
+                    f'{most_old} old classes; raise --config.deepinversion.batches or .batch_size')
+
+
+PIXEL_POOL = Synthesis(
+    stage='synthesis', section='deepinversion',
+    steps=lambda config: config.deepinversion.batches * config.deepinversion.iterations,
+    record=_record_pixel_pool, source=_pool_source, arrays_like=_pool_like,
+    check_config=_check_pixel_pool, prepare=_prepare_pixel_pool)
