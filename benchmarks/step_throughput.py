@@ -27,6 +27,7 @@ from benchmarks import emit
 from configs import cifar100_5phase, default
 from mfgr_jax import classifier, inversion, parallel
 from mfgr_jax.methods import get_method
+from mfgr_jax.methods.mfgr import MFGR_TERMS
 from mfgr_jax.models.generator import Generator
 from mfgr_jax.models.resnet import resnet
 from mfgr_jax.scenario import Task
@@ -115,7 +116,7 @@ def measure(setting: str, steps: int, compute_dtype: str) -> list[dict]:
                         axis_name=parallel.AXIS)
   generator_tx = inversion.make_optimizer(generator_config)
   generator_step = inversion.make_generator_step(generator, teacher, generator_tx,
-                                                 generator_config, inversion.GENERATOR_TERMS)
+                                                 generator_config, MFGR_TERMS)
   generator_state = inversion.init_state(generator, jax.random.PRNGKey(3), generator_tx)
   generator_params = parallel.to_host(generator_state.params)  # the timed steps donate the state
   record('generator (stage I)', generator_step, parallel.replicate(generator_state),

@@ -12,7 +12,7 @@ global batch.
 """
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax
 import flax.linen as nn
@@ -31,7 +31,10 @@ from mfgr_jax.models.layers import BN_INPUT_MOMENTS, bn_input_statistics
 # a generator's (`generator.weights`; a method uses a subset) and DeepInversion's
 # (`deepinversion.weights`: CE to chosen classes, BN statistics, TV and L2 priors).
 GENERATOR_TERMS = ('one_hot', 'class_balance', 'activation', 'signed_difference',
-                   'bn_statistics', 'diversity')
+                   'bn_statistics', 'diversity',
+                   # ABD's (`methods/abd.py`): tempered content CE, normalised class
+                   # balance, Gaussian KL to the BN statistics, smoothness prior.
+                   'content', 'normalised_balance', 'bn_kl', 'smoothness')
 DEEPINVERSION_TERMS = ('target_ce', 'bn_statistics', 'total_variation', 'l2_prior')
 
 
@@ -56,6 +59,7 @@ def init_state(generator: nn.Module, key: jax.Array,
 def inversion_loss_terms(teacher: nn.Module, teacher_vars: Any, images: jax.Array,
                          terms: tuple[str, ...], pair_key: jax.Array | None = None,
                          num_pairs: int = 0, targets: jax.Array | None = None,
+                         content_temperature: float = 1.0,
                          ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """Per-device values of the active loss terms on a device's `images`, and diagnostics.
 
@@ -63,7 +67,7 @@ def inversion_loss_terms(teacher: nn.Module, teacher_vars: Any, images: jax.Arra
   per-device (see `parallel.per_device`), so summing them with the local terms
   and averaging gradients over devices differentiates the global loss.
   `pair_key`/`num_pairs` serve 'diversity', `targets` (the device's class of
-  each image) 'target_ce'.
+  each image) 'target_ce', `content_temperature` 'content'.
   """
   teacher_vars = jax.lax.stop_gradient(teacher_vars)  # the old model is frozen
   (logits, features), state = teacher.apply(teacher_vars, images, train=False,
@@ -80,10 +84,20 @@ def inversion_loss_terms(teacher: nn.Module, teacher_vars: Any, images: jax.Arra
   if 'signed_difference' in terms:
     values['signed_difference'] = parallel.per_device(
         losses.signed_difference_loss(parallel.all_gather(images)))
-  if 'bn_statistics' in terms:
+  if 'bn_statistics' in terms or 'bn_kl' in terms:
     layers = bn_input_statistics(state[BN_INPUT_MOMENTS], teacher_vars['batch_stats'],
                                  parallel.AXIS)
+  if 'bn_statistics' in terms:
     values['bn_statistics'] = parallel.per_device(losses.bn_statistics_loss(layers))
+  if 'bn_kl' in terms:
+    values['bn_kl'] = parallel.per_device(losses.bn_kl_loss(layers))
+  if 'content' in terms:
+    values['content'] = losses.content_loss(logits, content_temperature)
+  if 'normalised_balance' in terms:
+    values['normalised_balance'] = parallel.per_device(
+        losses.normalised_class_balance_loss(mean_probs))
+  if 'smoothness' in terms:  # a mean over images: the mean of the devices' means
+    values['smoothness'] = losses.smoothness_prior_loss(images)
   if 'diversity' in terms:
     values['diversity'] = parallel.per_device(
         losses.pixel_diversity_loss(parallel.all_gather(images), pair_key, num_pairs))
@@ -102,8 +116,14 @@ def inversion_loss_terms(teacher: nn.Module, teacher_vars: Any, images: jax.Arra
 
 
 def make_generator_step(generator: nn.Module, teacher: nn.Module, tx: optax.GradientTransformation,
-                        config: ml_collections.ConfigDict, terms: tuple[str, ...]) -> Callable:
+                        config: ml_collections.ConfigDict, terms: tuple[str, ...],
+                        weights: Mapping[str, float] | None = None,
+                        content_temperature: float = 1.0) -> Callable:
   """Returns `step(state, teacher_vars, key) -> (state, metrics)`, jitted and data-parallel.
+
+  `config` is the generator's section (batch size, diversity pairs); the terms'
+  weights are `weights` if given (a method's own section, e.g. ABD's), else
+  `config.weights`.
 
   `key` is the stage's key; the step's noise and diversity pairs come from
   `fold_in(key, state.step)`. Metrics hold every active term (unweighted), the
@@ -113,13 +133,14 @@ def make_generator_step(generator: nn.Module, teacher: nn.Module, tx: optax.Grad
   unknown = set(terms) - set(GENERATOR_TERMS)
   if unknown:
     raise ValueError(f'unknown generator loss terms {sorted(unknown)}')
-  weights = {t: config.weights[t] for t in terms}
+  weights = {t: (config.weights if weights is None else weights)[t] for t in terms}
 
   def per_device(state, teacher_vars, z, pair_key):
     def loss_fn(params):
       images = generator.apply({'params': params}, z)
       values, diagnostics = inversion_loss_terms(teacher, teacher_vars, images, terms, pair_key,
-                                                 config.diversity_pairs)
+                                                 config.diversity_pairs,
+                                                 content_temperature=content_temperature)
       total = sum(weights[t] * values[t] for t in terms)
       return total, {**values, 'loss': total, **diagnostics}
 

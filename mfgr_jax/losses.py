@@ -139,6 +139,86 @@ def pixel_diversity_loss(images: jax.Array, key: jax.Array, num_pairs: int = 200
   return -0.5 * (jnp.mean(kl_pq) + jnp.mean(kl_qp))
 
 
+# ABD's stage I (Smith et al. 2021, learners/datafree_helper.py; R-DFCIL's is the same):
+# content, normalised class balance, a Gaussian KL to the BN statistics and a
+# smoothness prior on the images.
+
+
+def content_loss(logits: jax.Array, temperature: float) -> jax.Array:
+  """CE of the logits divided by `temperature` against their own (non-differentiated)
+  argmax (ABD: T = 1000, which keeps the term from saturating)."""
+  return cross_entropy(logits / temperature, jax.lax.stop_gradient(jnp.argmax(logits, axis=-1)))
+
+
+def normalised_class_balance_loss(mean_probabilities: jax.Array) -> jax.Array:
+  """1 + sum_c p_c ln p_c / ln K of the batch-mean softmax p over K classes: 0 when
+  balanced, 1 when one class takes all (ABD's entropy term, normalised to [0, 1])."""
+  num_classes = mean_probabilities.shape[-1]
+  if num_classes < 2:
+    raise ValueError(f'the normalised class balance needs 2 or more classes, got {num_classes}')
+  entropy = -jnp.sum(jax.scipy.special.xlogy(mean_probabilities, mean_probabilities))
+  return 1.0 - entropy / jnp.log(num_classes)
+
+
+def bn_kl_loss(layers: list[dict[str, jax.Array]], eps: float = 1e-8) -> jax.Array:
+  """Mean over BN layers of the mean over channels of KL(N(running) || N(batch)).
+
+  Per channel: 1/2 [ln(v / rv) + (rv + (rm - m)^2) / v - 1], with m, v the batch
+  mean and biased variance of the layer's input and rm, rv its running
+  statistics, both variances + `eps` (ABD's `DeepInversionFeatureHook`).
+  `layers` is `models.layers.bn_input_statistics(...)`.
+  """
+  def layer_kl(layer):
+    var, running_var = layer['var'] + eps, layer['running_var'] + eps
+    mean_gap = jnp.square(layer['running_mean'] - layer['mean'])
+    return jnp.mean(0.5 * (jnp.log(var / running_var) + (running_var + mean_gap) / var - 1.0))
+  return jnp.mean(jnp.stack([layer_kl(layer) for layer in layers]))
+
+
+def _abd_smoothing_kernel(size: int = 5, sigma: float = 1.0) -> jax.Array:
+  """ABD's 5x5 smoothing kernel: outer product of taps exp(-((i - c) / (2 sigma))^2),
+  normalised (the code's Gaussian has variance 2 sigma^2; kept as it is)."""
+  offsets = jnp.arange(size) - (size - 1) / 2
+  taps = jnp.exp(-jnp.square(offsets / (2 * sigma)))
+  taps = taps / jnp.sum(taps)
+  return jnp.outer(taps, taps)
+
+
+def smoothness_prior_loss(images: jax.Array) -> jax.Array:
+  """Mean squared difference of NHWC images and their 5x5 smoothed copies (reflect
+  padding, each channel on its own): ABD's image prior."""
+  kernel = _abd_smoothing_kernel()
+  pad = kernel.shape[0] // 2
+  channels = images.shape[-1]
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode='reflect')
+  smoothed = jax.lax.conv_general_dilated(
+      padded, jnp.tile(kernel[:, :, None, None], (1, 1, 1, channels)), (1, 1), 'VALID',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=channels)
+  return jnp.mean(jnp.square(images - smoothed))
+
+
+def old_new_class_weights(labels: jax.Array, num_old: int, num_seen: int) -> jax.Array:
+  """ABD's per-example weight: C_old / C for an old-class label, C_new / C for a new one."""
+  return jnp.where(labels < num_old, num_old / num_seen, (num_seen - num_old) / num_seen)
+
+
+def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
+  """mean_i w_i CE(logits_i, labels_i), not normalised by the weights (ABD's head CE)."""
+  return jnp.mean(weights * optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def head_projected_feature_distillation(features: jax.Array, teacher_features: jax.Array,
+                                        old_kernel: jax.Array) -> jax.Array:
+  """ABD's feature distillation: the mean over images and old classes of the squared
+  drift of the features seen through the frozen old head, ((f - f_old) W_old)^2.
+
+  `old_kernel` is the old head's (features, old classes) kernel; the bias cancels.
+  The old model's features and head are not differentiated.
+  """
+  drift = features - jax.lax.stop_gradient(teacher_features)
+  return jnp.mean(jnp.square(drift @ jax.lax.stop_gradient(old_kernel)))
+
+
 def attention_distillation_loss(student_maps: jax.Array, teacher_maps: jax.Array) -> jax.Array:
   """LwM's L_AD: batch mean of || Q_s/||Q_s||_2 - Q_t/||Q_t||_2 ||_1 over vectorised maps.
 

@@ -2,9 +2,11 @@
 incremental task, and how stage II replays it.
 
 - `NONE`: nothing (no stage I; stage II trains on real images only).
-- `generator(terms)`: MFGR's knowledge recording, a fresh generator trained
-  against the old model with the named loss terms (`inversion.GENERATOR_TERMS`);
-  stage II samples new images from it at every step.
+- `generator(terms, loss_section)`: MFGR's knowledge recording, a fresh
+  generator trained against the old model with the named loss terms
+  (`inversion.GENERATOR_TERMS`), weighted by `generator.weights` or by the
+  `generator_weights` of a method's own section (ABD); stage II samples new
+  images from it at every step.
 - `PIXEL_POOL`: DeepInversion, a fixed pool of images optimised pixel by pixel;
   stage II draws from it.
 
@@ -170,14 +172,19 @@ def _prepare_replay(experiment: Experiment) -> None:
 # --- generator (MFGR) ---------------------------------------------------------
 
 
-def _record_with_generator(terms: tuple[str, ...], experiment: Experiment, task: Task,
-                           old_vars: Any, runner: StageRunner, resume: dict | None,
+def _record_with_generator(terms: tuple[str, ...], loss_section: str, experiment: Experiment,
+                           task: Task, old_vars: Any, runner: StageRunner, resume: dict | None,
                            seconds: dict, global_offset: int) -> tuple[Any, dict]:
   """Trains a fresh generator against the frozen old model; returns its params."""
   config = experiment.config.generator
   generator, teacher = experiment.generator(), experiment.model(task.num_old)
   tx = inversion.make_optimizer(config)
-  step = inversion.make_generator_step(generator, teacher, tx, config, terms)
+  if loss_section:
+    own = experiment.config[loss_section]
+    step = inversion.make_generator_step(generator, teacher, tx, config, terms,
+                                         own.generator_weights, own.content_temperature)
+  else:
+    step = inversion.make_generator_step(generator, teacher, tx, config, terms)
   state = inversion.init_state(generator, experiment.task_key(task, keys.GENERATOR_INIT), tx)
   state, steps_per_second = _run_to_end(
       'generator', experiment, task, runner, resume, seconds, global_offset, state, step,
@@ -224,11 +231,14 @@ def _prepare_generator(experiment: Experiment) -> None:
   _prepare_replay(experiment)
 
 
-def generator(terms: tuple[str, ...]) -> Synthesis:
-  """MFGR's stage I with the generator loss terms `terms`."""
+def generator(terms: tuple[str, ...], loss_section: str = '') -> Synthesis:
+  """MFGR's stage I with the generator loss terms `terms`, weighted by
+  `generator.weights`, or by `generator_weights` (with `content_temperature`)
+  of the config section `loss_section` if given. The generator and its budget
+  (steps, batch, learning rate) are always the `generator` section's."""
   return Synthesis(stage='generator', section='generator',
                    steps=lambda config: config.generator.steps,
-                   record=functools.partial(_record_with_generator, terms),
+                   record=functools.partial(_record_with_generator, terms, loss_section),
                    source=_generator_source, arrays_like=_generator_params_like,
                    check_config=functools.partial(_check_generator, terms),
                    prepare=_prepare_generator)

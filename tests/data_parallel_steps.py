@@ -60,9 +60,14 @@ def main():
   config = ml_collections.ConfigDict(dict(
       batch_size=16, diversity_pairs=4,
       weights=dict(one_hot=1.0, class_balance=5.0, activation=0.1, signed_difference=10.0,
-                   bn_statistics=20.0, diversity=0.1)))
+                   bn_statistics=20.0, diversity=0.1, content=1.0, normalised_balance=1.0,
+                   # The untrained teacher's KL to its BN statistics is ~1e4: a small
+                   # weight keeps the SGD step, and so the comparison, well scaled.
+                   bn_kl=1e-3, smoothness=0.1)))
+  # Every generator term at once (MFGR's and ABD's), so each is checked across devices.
   generator_step = inversion.make_generator_step(generator, teacher, generator_tx, config,
-                                                 inversion.GENERATOR_TERMS)
+                                                 inversion.GENERATOR_TERMS,
+                                                 content_temperature=10.0)
   generator_state = parallel.replicate(
       inversion.init_state(generator, jax.random.PRNGKey(3), generator_tx))
   for i in range(2):

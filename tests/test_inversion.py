@@ -1,5 +1,5 @@
-"""inversion.py, stage I's steps: MFGR's generator step against the plain
-single-device loss and its gradients, and DeepInversion's pixel step (jitter,
+"""inversion.py, stage I's steps: MFGR's and ABD's generator steps against the
+plain single-device loss and its gradients, and DeepInversion's pixel step (jitter,
 the pool it fills, the classes it targets)."""
 
 import jax
@@ -12,6 +12,8 @@ import pytest
 from mfgr_jax import inversion, losses, parallel
 from mfgr_jax.models.generator import Generator
 from mfgr_jax.models.layers import BN_INPUT_MOMENTS, bn_input_statistics
+from mfgr_jax.methods.abd import ABD_TERMS
+from mfgr_jax.methods.mfgr import MFGR_TERMS
 from mfgr_jax.models.resnet import resnet
 
 
@@ -35,7 +37,7 @@ def test_generator_step_descends_the_plain_single_device_loss():
   tx = optax.sgd(1.0)  # update = -gradient, so the gradient's scale is checked too
   state = parallel.to_host(inversion.init_state(generator, jax.random.PRNGKey(2), tx))
   key = jax.random.PRNGKey(3)
-  step = inversion.make_generator_step(generator, teacher, tx, config, inversion.GENERATOR_TERMS)
+  step = inversion.make_generator_step(generator, teacher, tx, config, MFGR_TERMS)
   new_state, metrics = step(parallel.replicate(state), parallel.replicate(teacher_vars), key)
 
   plain_generator = Generator(16, 1, latent_dim=8, hidden=8)
@@ -62,6 +64,46 @@ def test_generator_step_descends_the_plain_single_device_loss():
   deltas = jax.tree_util.tree_map(lambda new, old: old - new, new_state.params, state.params)
   for got, want in zip(jax.tree_util.tree_leaves(deltas), jax.tree_util.tree_leaves(grads)):
     np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-6)
+
+
+def test_abd_generator_step_is_its_weighted_terms_from_the_method_section():
+  """ABD's terms, weighted by the weights given (not `config.weights`) and with the
+  content temperature, equal the plain formula; the update is minus its gradient."""
+  teacher, teacher_vars, generator, config = _tiny_stage_one()
+  weights = dict(content=1.0, normalised_balance=1.0, bn_kl=50.0, smoothness=1e-3)
+  tx = optax.sgd(1.0)
+  state = parallel.to_host(inversion.init_state(generator, jax.random.PRNGKey(2), tx))
+  key = jax.random.PRNGKey(3)
+  step = inversion.make_generator_step(generator, teacher, tx, config, ABD_TERMS, weights,
+                                       content_temperature=1000.0)
+  new_state, metrics = step(parallel.replicate(state), parallel.replicate(teacher_vars), key)
+
+  plain_generator, plain_teacher = Generator(16, 1, latent_dim=8, hidden=8), resnet(18, 3, width=4)
+  noise_key, _ = jax.random.split(jax.random.fold_in(key, 0))
+  z = jax.random.normal(noise_key, (16, 8))
+
+  def plain_terms(params):
+    images = plain_generator.apply({'params': params}, z)
+    (logits, _), moments = plain_teacher.apply(teacher_vars, images, train=False,
+                                               mutable=[BN_INPUT_MOMENTS])
+    layers = bn_input_statistics(moments[BN_INPUT_MOMENTS], teacher_vars['batch_stats'])
+    return {'content': losses.content_loss(logits, 1000.0),
+            'normalised_balance': losses.normalised_class_balance_loss(
+                jnp.mean(jax.nn.softmax(logits), 0)),
+            'bn_kl': losses.bn_kl_loss(layers), 'smoothness': losses.smoothness_prior_loss(images)}
+
+  plain_loss = lambda params: sum(weights[t] * v for t, v in plain_terms(params).items())
+  loss, grads = jax.value_and_grad(plain_loss)(state.params)
+  for term, value in plain_terms(state.params).items():  # each term, unweighted
+    assert float(metrics[term]) == pytest.approx(float(value), rel=1e-5), term
+  assert float(metrics['loss']) == pytest.approx(float(loss), rel=1e-5)
+  deltas = jax.tree_util.tree_map(lambda new, old: old - new, new_state.params, state.params)
+  # The untrained teacher's BN statistics make the KL term ~1e4 and gradients ~1e6;
+  # the biases before a BN have a true gradient of 0, and float32 noise there
+  # scales with the largest gradient, hence the tolerance relative to it.
+  largest = max(float(np.max(np.abs(g))) for g in jax.tree_util.tree_leaves(grads))
+  for got, want in zip(jax.tree_util.tree_leaves(deltas), jax.tree_util.tree_leaves(grads)):
+    np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-6 * largest)
 
 
 def test_stage_one_gradient_reaches_only_the_generator():

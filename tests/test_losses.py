@@ -1,6 +1,6 @@
 """losses.py against hand-computed values: the classifier's losses, stage I's terms
-(MFGR's generator, DeepInversion's priors), LwM's attention distillation and
-iCaRL's sigmoid distillation."""
+(MFGR's generator, DeepInversion's priors, ABD's inversion terms), LwM's attention
+distillation, iCaRL's sigmoid distillation and ABD's stage II terms."""
 
 import jax
 import jax.numpy as jnp
@@ -170,3 +170,71 @@ def test_icarl_loss_against_hand_values():
   expected_generated = (bce(0.0, p) + bce(2.0, 0.0) + bce(-1.0, 0.0)) / 3
   np.testing.assert_allclose(losses.icarl_distillation_loss(logits, jnp.asarray([-1]), teacher),
                              expected_generated, rtol=1e-5)
+
+
+def test_abd_content_loss_is_tempered_ce_to_the_argmax():
+  # CE([2, 0] / T, class 0) = log(1 + e^(-2 / T)).
+  for temperature in (1.0, 1000.0):
+    np.testing.assert_allclose(losses.content_loss(jnp.asarray([[2.0, 0.0]]), temperature),
+                               np.log1p(np.exp(-2.0 / temperature)), rtol=1e-6)
+
+
+@pytest.mark.parametrize('probabilities', [[0.5, 0.5], [1.0, 0.0], [0.75, 0.25], [0.5, 0.25, 0.25]])
+def test_normalised_class_balance_is_one_minus_normalised_entropy(probabilities):
+  p = np.asarray(probabilities)
+  entropy = -sum(x * np.log(x) for x in p if x > 0)
+  np.testing.assert_allclose(losses.normalised_class_balance_loss(jnp.asarray(p)),
+                             1 - entropy / np.log(len(p)), atol=1e-6)
+
+
+def test_normalised_class_balance_needs_two_classes():
+  with pytest.raises(ValueError, match='2 or more classes'):
+    losses.normalised_class_balance_loss(jnp.asarray([1.0]))
+
+
+def _bn_layer(mean, var, running_mean, running_var):
+  return {'mean': jnp.asarray(mean), 'var': jnp.asarray(var),
+          'running_mean': jnp.asarray(running_mean), 'running_var': jnp.asarray(running_var)}
+
+
+def test_bn_kl_is_the_gaussian_kl_per_channel_averaged():
+  # KL(N(0, 1) || N(1, 1)) = 1/2; KL(N(0, 1) || N(0, 2)) = (ln 2 - 1/2) / 2; equal: 0.
+  channels = _bn_layer([1.0, 0.0], [1.0, 2.0], [0.0, 0.0], [1.0, 1.0])
+  equal = _bn_layer([0.3], [0.7], [0.3], [0.7])
+  np.testing.assert_allclose(losses.bn_kl_loss([channels]), (0.5 + (np.log(2) - 0.5) / 2) / 2,
+                             rtol=1e-5)
+  np.testing.assert_allclose(losses.bn_kl_loss([channels, equal]),
+                             (0.5 + (np.log(2) - 0.5) / 2) / 4, rtol=1e-5)
+
+
+def _smoothed_reference(image):
+  """ABD's smoothing of one HxW channel, written out: reflect padding, 5x5 taps."""
+  taps = np.exp(-((np.arange(5) - 2) / 2.0) ** 2)
+  kernel = np.outer(taps, taps) / taps.sum() ** 2
+  padded = np.pad(image, 2, mode='reflect')
+  return np.array([[np.sum(kernel * padded[i:i + 5, j:j + 5]) for j in range(image.shape[1])]
+                   for i in range(image.shape[0])])
+
+
+def test_smoothness_prior_is_the_squared_gap_to_the_smoothed_image():
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(2, 6, 7, 3)).astype(np.float32)
+  expected = np.mean([(images[n, :, :, c] - _smoothed_reference(images[n, :, :, c])) ** 2
+                      for n in range(2) for c in range(3)])
+  np.testing.assert_allclose(losses.smoothness_prior_loss(jnp.asarray(images)), expected,
+                             rtol=1e-5)
+  assert float(losses.smoothness_prior_loss(jnp.full((1, 6, 6, 1), 0.7))) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_abd_head_ce_weights_and_feature_distillation():
+  # Old classes 0-2 of 4: weight 3/4 for an old label, 1/4 for a new one.
+  np.testing.assert_allclose(losses.old_new_class_weights(jnp.asarray([0, 3]), 3, 4), [0.75, 0.25])
+  # mean(w * CE): CE([2, 0], 0) = log(1 + e^-2), CE([0, 0], 1) = log 2, not divided by sum(w).
+  expected = (1 * np.log1p(np.exp(-2.0)) + 3 * np.log(2.0)) / 2
+  np.testing.assert_allclose(losses.weighted_cross_entropy(
+      jnp.asarray([[2.0, 0.0], [0.0, 0.0]]), jnp.asarray([0, 1]), jnp.asarray([1.0, 3.0])),
+      expected, rtol=1e-6)
+  # Drift (1, 0) through the old head [[1, 2], [3, 4]] is (1, 2): mean of squares 2.5.
+  np.testing.assert_allclose(losses.head_projected_feature_distillation(
+      jnp.asarray([[1.0, 0.0], [5.0, 5.0]]), jnp.asarray([[0.0, 0.0], [5.0, 5.0]]),
+      jnp.asarray([[1.0, 2.0], [3.0, 4.0]])), 2.5 / 2, rtol=1e-6)

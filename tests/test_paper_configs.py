@@ -134,7 +134,7 @@ def test_debug_option_through_the_command_line(data_dirs, tmp_path):
   assert len(json.loads((tmp_path / 'results.json').read_text())['accuracy']) == 2
 
 
-@pytest.mark.parametrize('method', ['deepinversion', 'icarl'])
+@pytest.mark.parametrize('method', ['deepinversion', 'icarl', 'abd'])
 def test_baselines_run_at_debug_size(method, data_dirs, tmp_path):
   config = _debug_config('cifar100_5phase', data_dirs)
   config.method = method
