@@ -14,6 +14,8 @@ import optax
 
 from mfgr_jax import classifier, consolidation, inversion, parallel
 from mfgr_jax.methods import ewc, get_method
+from mfgr_jax.methods.abd import ABD_TERMS
+from mfgr_jax.methods.mfgr import MFGR_TERMS
 from mfgr_jax.models.generator import Generator
 from mfgr_jax.models.resnet import resnet
 from mfgr_jax.scenario import Task
@@ -64,10 +66,8 @@ def main():
                    # The untrained teacher's KL to its BN statistics is ~1e4: a small
                    # weight keeps the SGD step, and so the comparison, well scaled.
                    bn_kl=1e-3, smoothness=0.1)))
-  # Every generator term at once (MFGR's and ABD's), so each is checked across devices.
   generator_step = inversion.make_generator_step(generator, teacher, generator_tx, config,
-                                                 inversion.GENERATOR_TERMS,
-                                                 content_temperature=10.0)
+                                                 MFGR_TERMS)
   generator_state = parallel.replicate(
       inversion.init_state(generator, jax.random.PRNGKey(3), generator_tx))
   for i in range(2):
@@ -75,6 +75,15 @@ def main():
                                               jax.random.PRNGKey(4))
     out[f'generator_metrics_{i}'] = {k: np.asarray(v).tolist() for k, v in metrics.items()}
   out['generator_state'] = _fingerprint(generator_state)
+  # ABD's terms on their own: the replay steps below start from MFGR's generator.
+  abd_step = inversion.make_generator_step(generator, teacher, generator_tx, config, ABD_TERMS,
+                                           content_temperature=10.0)
+  abd_state = parallel.replicate(
+      inversion.init_state(generator, jax.random.PRNGKey(3), generator_tx))
+  for i in range(2):
+    abd_state, metrics = abd_step(abd_state, teacher_vars, jax.random.PRNGKey(4))
+    out[f'generator_abd_metrics_{i}'] = {k: np.asarray(v).tolist() for k, v in metrics.items()}
+  out['generator_abd_state'] = _fingerprint(abd_state)
 
   # DeepInversion: each device optimises its rows of the pixel batch; plain SGD shows the scale.
   pixel_config = ml_collections.ConfigDict(dict(

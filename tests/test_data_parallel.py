@@ -29,8 +29,8 @@ def per_device_count():
   return {devices: _run(devices) for devices in DEVICE_COUNTS}
 
 
-@pytest.mark.parametrize('name', ['lwf', 'lwm', 'generator', 'pixels', 'replay0', 'replay1',
-                                  'replay_pool', 'importance'])
+@pytest.mark.parametrize('name', ['lwf', 'lwm', 'generator', 'generator_abd', 'pixels', 'replay0',
+                                  'replay1', 'replay_pool', 'importance'])
 @pytest.mark.parametrize('devices', DEVICE_COUNTS[1:])
 def test_several_devices_compute_the_single_device_steps(per_device_count, name, devices):
   one, many = per_device_count[1], per_device_count[devices]
