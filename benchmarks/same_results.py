@@ -102,20 +102,32 @@ def _tasks_done(workdir: pathlib.Path) -> int:
     return 0
 
 
+def _task_2_checkpoints(workdir: pathlib.Path) -> list[str]:
+  """Complete progress checkpoints whose metadata says they are inside task 2 (the
+  last one of task 1 may be finalised after task 1's results are written)."""
+  found = []
+  for step in _progress_steps(workdir):
+    meta = workdir / 'checkpoints' / 'progress' / step / 'meta' / 'metadata'
+    try:
+      if json.loads(meta.read_text())['task'] == 2:
+        found.append(step)
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+      continue
+  return found
+
+
 def _kill_inside_task_2(proc: subprocess.Popen, workdir: pathlib.Path) -> str:
-  """SIGKILLs `proc` once it has saved a progress checkpoint after finishing task 1."""
-  while _tasks_done(workdir) < 2:
-    if proc.poll() is not None:
-      return f'ended ({proc.returncode}) before task 2'
-    time.sleep(0.01)
-  seen = _progress_steps(workdir)
-  while not _progress_steps(workdir) - seen:
+  """SIGKILLs `proc` once it has saved a progress checkpoint inside task 2; says where."""
+  while not _task_2_checkpoints(workdir):
     if proc.poll() is not None:
       return f'ended ({proc.returncode}) before a checkpoint inside task 2'
     time.sleep(0.01)
   proc.kill()
   proc.wait()
-  return f'killed at progress checkpoint {sorted(_progress_steps(workdir) - seen)}'
+  steps = _task_2_checkpoints(workdir)
+  stages = [json.loads((workdir / 'checkpoints' / 'progress' / s / 'meta' / 'metadata')
+                       .read_text())['stage'] for s in steps]
+  return f'killed at progress checkpoint {steps} (task 2 {", ".join(stages)})'
 
 
 def handover(out: pathlib.Path, old_repo: pathlib.Path, methods: list[str]) -> None:
