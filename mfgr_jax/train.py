@@ -185,8 +185,8 @@ def train_classifier(experiment: Experiment, task: Task, previous: dict | None, 
   state, steps_per_second = runner.run(
       'classifier', task, step, parallel.replicate(state), total_steps, global_offset, seconds,
       config.log_every_steps, arguments, sampler, saved_with_state)
-  return parallel.to_host({'params': state.params, 'batch_stats': state.batch_stats}), \
-      steps_per_second
+  variables = parallel.to_host({'params': state.params, 'batch_stats': state.batch_stats})
+  return variables, steps_per_second
 
 
 # ----------------------------------------------------------------------------

@@ -31,19 +31,27 @@ def _tiny_stage_one():
   return teacher, teacher_vars, generator, config
 
 
-def test_generator_step_descends_the_plain_single_device_loss():
-  """Loss and gradient of the data-parallel step equal a plain jax.grad of the formula."""
+def _one_generator_step(terms, *step_args, **step_kwargs):
+  """One data-parallel generator step with plain SGD at lr 1 (so the update is minus the
+  gradient, its scale checked too); returns what a plain single-device check needs:
+  (teacher_vars, config, state before, state after, metrics, its noise z, its pair key)."""
   teacher, teacher_vars, generator, config = _tiny_stage_one()
-  tx = optax.sgd(1.0)  # update = -gradient, so the gradient's scale is checked too
+  tx = optax.sgd(1.0)
   state = parallel.to_host(inversion.init_state(generator, jax.random.PRNGKey(2), tx))
   key = jax.random.PRNGKey(3)
-  step = inversion.make_generator_step(generator, teacher, tx, config, MFGR_TERMS)
+  step = inversion.make_generator_step(generator, teacher, tx, config, terms, *step_args,
+                                       **step_kwargs)
   new_state, metrics = step(parallel.replicate(state), parallel.replicate(teacher_vars), key)
+  noise_key, pair_key = jax.random.split(jax.random.fold_in(key, 0))
+  return (teacher_vars, config, state, new_state, metrics, jax.random.normal(noise_key, (16, 8)),
+          pair_key)
 
+
+def test_generator_step_descends_the_plain_single_device_loss():
+  """Loss and gradient of the data-parallel step equal a plain jax.grad of the formula."""
+  teacher_vars, config, state, new_state, metrics, z, pair_key = _one_generator_step(MFGR_TERMS)
   plain_generator = Generator(16, 1, latent_dim=8, hidden=8)
   plain_teacher = resnet(18, 3, width=4)
-  noise_key, pair_key = jax.random.split(jax.random.fold_in(key, 0))
-  z = jax.random.normal(noise_key, (16, 8))
 
   def plain_loss(params):
     images = plain_generator.apply({'params': params}, z)
@@ -69,18 +77,10 @@ def test_generator_step_descends_the_plain_single_device_loss():
 def test_abd_generator_step_is_its_weighted_terms_from_the_method_section():
   """ABD's terms, weighted by the weights given (not `config.weights`) and with the
   content temperature, equal the plain formula; the update is minus its gradient."""
-  teacher, teacher_vars, generator, config = _tiny_stage_one()
   weights = dict(content=1.0, normalised_balance=1.0, bn_kl=50.0, smoothness=1e-3)
-  tx = optax.sgd(1.0)
-  state = parallel.to_host(inversion.init_state(generator, jax.random.PRNGKey(2), tx))
-  key = jax.random.PRNGKey(3)
-  step = inversion.make_generator_step(generator, teacher, tx, config, ABD_TERMS, weights,
-                                       content_temperature=1000.0)
-  new_state, metrics = step(parallel.replicate(state), parallel.replicate(teacher_vars), key)
-
+  teacher_vars, _, state, new_state, metrics, z, _ = _one_generator_step(
+      ABD_TERMS, weights, content_temperature=1000.0)
   plain_generator, plain_teacher = Generator(16, 1, latent_dim=8, hidden=8), resnet(18, 3, width=4)
-  noise_key, _ = jax.random.split(jax.random.fold_in(key, 0))
-  z = jax.random.normal(noise_key, (16, 8))
 
   def plain_terms(params):
     images = plain_generator.apply({'params': params}, z)

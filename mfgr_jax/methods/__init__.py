@@ -56,8 +56,10 @@ def new_class_images(experiment: Experiment, task: Task, state: MethodState) -> 
   return experiment.class_images(task.num_old, task.num_seen)
 
 
-def count_new_class_images(experiment: Experiment, task: Task) -> int:
-  return len(experiment.class_images(task.num_old, task.num_seen))
+def count_images_without_state(experiment: Experiment, task: Task) -> int:
+  """How many images the method's `train_images` gives when it carries nothing: right
+  for every method whose training images do not depend on its state."""
+  return len(experiment.method.train_images(experiment, task, None))
 
 
 def carry_nothing(experiment: Experiment, task: Task, variables: dict,
@@ -104,9 +106,10 @@ class Method:
   # Stage I before each incremental task: what stage II replays (`synthesis.py`).
   synthesis: synthesis_kinds.Synthesis = synthesis_kinds.NONE
   # (experiment, task, state) -> indices of the training images the task learns
-  # from, and (experiment, task) -> their count (known before the task runs).
+  # from, and (experiment, task) -> their count, known before the task runs (override
+  # it when the images depend on the state, as iCaRL's memory does).
   train_images: Callable[[Experiment, Task, MethodState], np.ndarray] = new_class_images
-  train_count: Callable[[Experiment, Task], int] = count_new_class_images
+  train_count: Callable[[Experiment, Task], int] = count_images_without_state
   # (experiment, task, model variables after it, state) -> the state after it:
   # what the method carries to the next task (importance, memory, side heads).
   after_task: Callable[[Experiment, Task, dict, MethodState], MethodState] = carry_nothing

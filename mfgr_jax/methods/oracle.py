@@ -23,9 +23,4 @@ def seen_class_images(experiment: Experiment, task: Task, state: MethodState) ->
   return experiment.class_images(0, task.num_seen)
 
 
-def count_seen_class_images(experiment: Experiment, task: Task) -> int:
-  return len(experiment.class_images(0, task.num_seen))
-
-
-METHODS = (Method('oracle', make_loss=make_loss, train_images=seen_class_images,
-                  train_count=count_seen_class_images),)
+METHODS = (Method('oracle', make_loss=make_loss, train_images=seen_class_images),)
