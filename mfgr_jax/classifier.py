@@ -43,13 +43,21 @@ class TrainState:
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
   """SGD with coupled L2 weight decay and a per-step cosine to 0 (spec §3)."""
   schedule = optax.cosine_decay_schedule(config.learning_rate, max(total_steps, 1), alpha=0.0)
-  return optax.chain(optax.add_decayed_weights(config.weight_decay),
-                     optax.sgd(schedule, momentum=config.momentum or None))
+  return sgd_with_weight_decay(schedule, config.weight_decay, config.momentum)
 
 
-def init_train_state(params: Any, batch_stats: Any, tx: optax.GradientTransformation) -> TrainState:
+def sgd_with_weight_decay(learning_rate: optax.ScalarOrSchedule, weight_decay: float,
+                          momentum: float) -> optax.GradientTransformation:
+  """SGD with coupled L2 weight decay (PyTorch's `SGD(weight_decay=...)`)."""
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.sgd(learning_rate, momentum=momentum or None))
+
+
+def init_train_state(params: Any, batch_stats: Any, tx: optax.GradientTransformation,
+                     trainable: str | None = None) -> TrainState:
+  """A step-0 state; with `trainable`, only `params[trainable]` (e.g. 'head') is optimised."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params))
+                    opt_state=tx.init(params if trainable is None else params[trainable]))
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn: ClassifierLoss,
@@ -86,17 +94,23 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn:
 
 
 def _apply_gradients(state: TrainState, tx: optax.GradientTransformation,
-                     loss_and_stats: Callable) -> tuple[TrainState, dict]:
+                     loss_and_stats: Callable, trainable: str | None = None
+                     ) -> tuple[TrainState, dict]:
   """One optimiser step on the device-averaged gradient of `loss_and_stats(params)`.
 
-  `loss_and_stats` returns (loss, (new batch_stats, metrics)).
+  `loss_and_stats` returns (loss, (new batch_stats, metrics)). With `trainable`,
+  it takes and the optimiser updates only `params[trainable]`; the rest is fixed.
   """
+  params = state.params if trainable is None else state.params[trainable]
   grads, (batch_stats, metrics) = jax.grad(loss_and_stats, has_aux=True)(
-      parallel.per_device(state.params))
+      parallel.per_device(params))
   grads, metrics = parallel.pmean((grads, metrics))
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                         batch_stats=batch_stats, opt_state=opt_state)
+  updates, opt_state = tx.update(grads, state.opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  if trainable is not None:
+    new_params = {**state.params, trainable: new_params}
+  new_state = TrainState(step=state.step + 1, params=new_params, batch_stats=batch_stats,
+                         opt_state=opt_state)
   return numerics.guard(numerics.all_finite((grads, metrics, new_state.params)), new_state, state,
                         metrics)
 
@@ -129,7 +143,7 @@ def pool_source(pool_size: int, batch_size: int) -> ReplaySource:
 
 def make_replay_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn: ReplayLoss,
                      augment_kwargs: dict, teacher: nn.Module, source: ReplaySource,
-                     single_pass: bool = False) -> Callable:
+                     single_pass: bool = False, head_only: bool = False) -> Callable:
   """Stage II: returns `step(state, batch, teacher_vars, source_arrays, key)`, jitted.
 
   Each step draws replayed images from `source` (no gradient) with the inputs
@@ -137,6 +151,10 @@ def make_replay_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn
   the real batch in eval mode. The classifier sees the replayed batch, then the
   real batch, in two train-mode passes whose BatchNorm running statistics are
   threaded (as the code), or, with `single_pass`, one pass over both.
+
+  With `head_only` (a method's head phase; the state from `init_train_state(...,
+  trainable='head')`) the backbone is frozen in eval mode: only `params['head']`
+  is differentiated and updated, and the BatchNorm statistics stay as they are.
   """
 
   def per_device(state, teacher_vars, source_arrays, batch, inputs):
@@ -146,9 +164,14 @@ def make_replay_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn
     teacher_real, _ = classify(teacher, teacher_vars, images, train=False)
     teacher_generated, _ = classify(teacher, teacher_vars, generated, train=False)
 
-    def loss_and_stats(params):
-      forward = lambda x, stats: classify(model, {'params': params, 'batch_stats': stats}, x,
-                                          train=True)
+    def loss_and_stats(trainable):
+      params = {**state.params, 'head': trainable} if head_only else trainable
+
+      def forward(x, stats):
+        out, new_stats = classify(model, {'params': params, 'batch_stats': stats}, x,
+                                  train=not head_only)
+        return out, stats if head_only else new_stats
+
       if single_pass:
         both, batch_stats = forward(jnp.concatenate([generated, images]), state.batch_stats)
         generated_out, real_out = _split_batch(both, len(generated))
@@ -160,7 +183,7 @@ def make_replay_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn
       accuracy = jnp.mean(jnp.argmax(real_out.logits, -1) == batch['label'])
       return loss, (batch_stats, {**metrics, 'loss': loss, 'train_accuracy': accuracy})
 
-    return _apply_gradients(state, tx, loss_and_stats)
+    return _apply_gradients(state, tx, loss_and_stats, 'head' if head_only else None)
 
   mapped = parallel.data_parallel(
       per_device, in_specs=(parallel.REPLICATED, parallel.REPLICATED, parallel.REPLICATED,

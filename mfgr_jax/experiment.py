@@ -81,6 +81,16 @@ class Experiment:
   def total_steps(self, task: Task) -> int:
     return self.config.train.epochs * self.steps_per_epoch(task)
 
+  def head_steps(self, task: Task) -> int:
+    """Steps of the method's head phase in `task`: none at task 0, without a head
+    phase, or without a stage I to replay."""
+    phase = self.method.head_phase
+    return phase.steps(self, task) if phase is not None and self.synthesis_steps(task) else 0
+
+  def task_steps(self, task: Task) -> int:
+    """Every step of `task`: stage I, the classifier and the head phase."""
+    return self.synthesis_steps(task) + self.total_steps(task) + self.head_steps(task)
+
   def fingerprint(self) -> dict:
     """What must match for a checkpoint of this workdir to be resumed."""
     data = self.config.data

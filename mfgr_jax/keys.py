@@ -7,6 +7,10 @@ import jax
 
 (INIT, HEAD, ORDER, AUGMENT, GENERATOR_INIT, GENERATOR_STEPS, REPLAY, SAMPLES, SIDE_HEADS,
  SYNTHESIS) = range(10)
+# A method's head phase (its batch order, augmentation and replay draws), the
+# parameters its loss owns, and its estimate of the replayed class counts.
+HEAD_PHASE_ORDER, HEAD_PHASE_AUGMENT, HEAD_PHASE_REPLAY, LOSS_PARAMS, REPLAY_CLASS_COUNTS = (
+    range(10, 15))
 
 
 def task_key(seed: int, task_index: int, stream: int) -> jax.Array:

@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -202,9 +203,59 @@ def old_new_class_weights(labels: jax.Array, num_old: int, num_seen: int) -> jax
   return jnp.where(labels < num_old, num_old / num_seen, (num_seen - num_old) / num_seen)
 
 
-def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
-  """mean_i w_i CE(logits_i, labels_i), not normalised by the weights (ABD's head CE)."""
-  return jnp.mean(weights * optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array,
+                           total_weight: jax.Array | None = None) -> jax.Array:
+  """The per-example weighted CE: mean_i w_i CE(logits_i, labels_i) (ABD's head CE,
+  not normalised by the weights), or with `total_weight`, sum_i w_i CE_i / total_weight.
+
+  Pass sum_i w_i as `total_weight` for PyTorch's `cross_entropy(weight=...)`
+  (R-DFCIL); data-parallel, its mean over the devices (`parallel.pmean`), so that
+  the device average is the global batch's normalised CE.
+  """
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  if total_weight is None:
+    return jnp.mean(weights * ce)
+  return jnp.sum(weights * ce) / total_weight
+
+
+def inverse_frequency_weights(counts: jax.Array) -> jax.Array:
+  """R-DFCIL's class weights max_c n_c / n_c of class counts, each at least 1."""
+  counts = jnp.maximum(counts, 1)
+  return jnp.max(counts) / counts
+
+
+def l1_logit_distillation(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
+  """mean |s - t| over images and classes (R-DFCIL's HKD); the teacher is not differentiated."""
+  return jnp.mean(jnp.abs(student_logits - jax.lax.stop_gradient(teacher_logits)))
+
+
+def rkd_angle_loss(student: jax.Array, teacher: jax.Array) -> jax.Array:
+  """Relational KD's angle term as R-DFCIL's code has it: the mean over all (i, j, k)
+  of |A^s_ijk - A^t_ijk|, A_ijk = <n(e_j - e_i), n(e_k - e_i)>, n(v) = v / |v| (0 for
+  |v| <= 1e-12), for embeddings (N, D) of the same images.
+
+  Both sides are differentiated (R-DFCIL trains a projection on each). A zero
+  difference (i = j) normalises to 0 with gradient 0: dividing it by the floor
+  1e-12 instead would scale its gradient by 1e12, which cancels exactly in
+  theory (e_i - e_i) but leaves float32 rounding noise that buries the rest.
+  """
+  def angles(embeddings):
+    differences = embeddings[None, :, :] - embeddings[:, None, :]  # [i, j] = e_j - e_i
+    norms = jax.vmap(jax.vmap(_safe_norm))(differences)
+    inverse = jnp.where(norms > 1e-12, 1.0 / jnp.maximum(norms, 1e-12), 0.0)
+    unit = differences * inverse[..., None]
+    return jnp.einsum('ijd,ikd->ijk', unit, unit)
+  return jnp.mean(jnp.abs(angles(student) - angles(teacher)))
+
+
+def rdfcil_loss_factors(num_old: int, num_new: int, lambda_ce: float, lambda_hkd: float,
+                        lambda_rkd: float) -> tuple[float, float, float]:
+  """R-DFCIL's task-dependent weights of its local CE, HKD and RKD terms (its
+  `register_losses`): with a = log2(C_new / 2 + 1) and b = sqrt(C_old / C_new),
+  (lambda_ce (1 + 1/a) / b, lambda_hkd a b, lambda_rkd a b)."""
+  a = float(np.log2(num_new / 2 + 1))
+  b = float(np.sqrt(num_old / num_new))
+  return lambda_ce * (1 + 1 / a) / b, lambda_hkd * a * b, lambda_rkd * a * b
 
 
 def head_projected_feature_distillation(features: jax.Array, teacher_features: jax.Array,

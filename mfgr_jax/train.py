@@ -32,7 +32,7 @@ from mfgr_jax.checkpoints import Checkpoints
 from mfgr_jax.data.sampler import BatchSampler
 from mfgr_jax.errors import Interrupted, UserError
 from mfgr_jax.experiment import Experiment, build_experiment
-from mfgr_jax.models.resnet import widen_head
+from mfgr_jax.models.resnet import LOSS_PARAMS, widen_head
 from mfgr_jax.results import record_task
 from mfgr_jax.scenario import Task
 from mfgr_jax.stage_runner import StageRunner
@@ -60,8 +60,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results, previous, method_state, start = workdirs.resume(experiment, checkpoints)
     if parallel.is_main_process():  # after the checks: a refused config leaves config.json alone
       report.write_json(workdir / 'config.json', config.to_dict())
-    offsets = np.cumsum([0] + [experiment.synthesis_steps(t) + experiment.total_steps(t)
-                               for t in experiment.tasks_to_run])
+    offsets = np.cumsum([0] + [experiment.task_steps(t) for t in experiment.tasks_to_run])
     progress = periodic_actions.ReportProgress(num_train_steps=int(offsets[-1]), writer=writer,
                                                every_secs=30)
     runner = StageRunner(checkpoints, writer, progress, config.on_nonfinite,
@@ -103,12 +102,12 @@ def run_task(experiment: Experiment, task: Task, previous: dict | None, method_s
   seconds['eval'] = time.time() - eval_start
   record_task(results, experiment.order, metrics, seconds, throughput, runner.skipped)
   save_task(experiment, task, variables, method_state, results, metrics, runner,
-            global_offset + experiment.synthesis_steps(task) + experiment.total_steps(task))
+            global_offset + experiment.task_steps(task))
   return variables, method_state
 
 
 # ----------------------------------------------------------------------------
-# Learn: stage I (if the method has one), then the classifier.
+# Learn: stage I (if the method has one), the classifier, the head phase (if any).
 # ----------------------------------------------------------------------------
 
 
@@ -116,16 +115,23 @@ def learn_task(experiment: Experiment, task: Task, previous: dict | None, method
                runner: StageRunner, global_offset: int) -> tuple[dict, dict, dict]:
   """Returns (model variables on host, seconds per stage, throughput)."""
   resume = runner.resume_point(task)
+  resumed_stage = resume['stage'] if resume else None
   seconds = dict(resume['seconds']) if resume else {}
   old_vars = parallel.replicate(previous) if task.num_old else None
-  synthesis = experiment.method.synthesis
-  replay_arrays, throughput = None, {}
-  if experiment.synthesis_steps(task) and not (resume and resume['stage'] == 'classifier'):
-    replay_arrays, throughput = synthesis.record(experiment, task, old_vars, runner, resume,
-                                                 seconds, global_offset)
-  variables, steps_per_second = train_classifier(
-      experiment, task, previous, method_state, old_vars, replay_arrays, runner, resume, seconds,
-      global_offset + experiment.synthesis_steps(task))
+  replay_arrays, throughput, steps_per_second = None, {}, None
+  if experiment.synthesis_steps(task) and resumed_stage not in ('classifier', 'head'):
+    replay_arrays, throughput = experiment.method.synthesis.record(
+        experiment, task, old_vars, runner, resume, seconds, global_offset)
+  offset = global_offset + experiment.synthesis_steps(task)
+  if resumed_stage != 'head':
+    variables, replay_arrays, steps_per_second = train_classifier(
+        experiment, task, previous, method_state, old_vars, replay_arrays, runner, resume,
+        seconds, offset)
+  else:
+    variables = None  # restored with the head phase's state
+  if experiment.head_steps(task):
+    variables = train_head(experiment, task, variables, method_state, old_vars, replay_arrays,
+                           runner, resume, seconds, offset + experiment.total_steps(task))
   throughput['train_images_per_second'] = (
       steps_per_second * experiment.config.train.batch_size if steps_per_second else None)
   return variables, seconds, throughput
@@ -133,60 +139,117 @@ def learn_task(experiment: Experiment, task: Task, previous: dict | None, method
 
 def initial_variables(experiment: Experiment, task: Task, previous: dict | None) -> tuple[Any, Any]:
   """(params, batch_stats) the task starts from: a new model at task 0, else the
-  previous one with its head widened to the seen classes."""
+  previous one with its head widened to the seen classes; with the parameters
+  the method's loss owns, if any, under `LOSS_PARAMS`."""
   if previous is None:
     image = jnp.zeros((1,) + experiment.dataset.image_shape, jnp.float32)
     variables = experiment.model(task.num_seen).init(experiment.task_key(task, keys.INIT), image,
                                                      train=False)
-    return variables['params'], variables['batch_stats']
-  return (widen_head(previous['params'], task.num_seen, experiment.task_key(task, keys.HEAD)),
-          previous['batch_stats'])
+    params, batch_stats = variables['params'], variables['batch_stats']
+  else:
+    params = widen_head(previous['params'], task.num_seen, experiment.task_key(task, keys.HEAD))
+    batch_stats = previous['batch_stats']
+  loss_params = experiment.method.loss_params(experiment, task,
+                                              experiment.task_key(task, keys.LOSS_PARAMS))
+  if loss_params is not None:
+    params = {**params, LOSS_PARAMS: loss_params}
+  return params, batch_stats
 
 
 def train_classifier(experiment: Experiment, task: Task, previous: dict | None, method_state: Any,
                      old_vars: Any, replay_arrays: Any, runner: StageRunner,
                      resume: dict | None, seconds: dict,
-                     global_offset: int) -> tuple[dict, float | None]:
+                     global_offset: int) -> tuple[dict, Any, float | None]:
   """The classifier on the task's images, with replayed ones when stage I ran;
-  returns its variables (host) and steps per second."""
+  returns its variables (host; without the loss's own parameters), the replay
+  arrays (restored, when resuming here) and steps per second."""
   config, method = experiment.config, experiment.method
   replays = experiment.synthesis_steps(task) > 0
   total_steps = experiment.total_steps(task)
   tx = classifier.make_optimizer(config.train, total_steps)
   state = classifier.init_train_state(*initial_variables(experiment, task, previous), tx)
   if resume and resume['stage'] == 'classifier':
-    target = {'classifier': parallel.to_host(state)}
-    if replays:
-      target['replay'] = method.synthesis.arrays_like(experiment)
-    restored = runner.checkpoints.restore_progress(target)
-    state, replay_arrays = restored['classifier'], restored.get('replay')
+    state, replay_arrays = _restore_stage('classifier', experiment, runner, state, replays)
     logging.info('Resuming task %d at step %d/%d', task.index, int(state.step), total_steps)
 
   model, teacher = experiment.model(task.num_seen), method.teacher(experiment, task)
   teacher_vars = old_vars if teacher is not None else None
-  augment_kwargs = dict(padding=config.data.crop_padding, flip=config.data.flip,
-                        mean=experiment.dataset.mean, std=experiment.dataset.std)
   loss = method.make_loss(task, config)
-  sampler = BatchSampler(experiment.dataset.train_images, experiment.train_targets,
-                         method.train_images(experiment, task, method_state),
-                         config.train.batch_size, experiment.task_key(task, keys.ORDER),
-                         experiment.task_key(task, keys.AUGMENT))
+  sampler = _batch_sampler(experiment, task, method_state, keys.ORDER, keys.AUGMENT)
   if replays:
-    step = classifier.make_replay_step(model, tx, loss, augment_kwargs, teacher,
+    step = classifier.make_replay_step(model, tx, loss, _augment_kwargs(experiment), teacher,
                                        method.synthesis.source(experiment, task),
                                        config.replay.single_pass)
     replay_on_devices = parallel.replicate(replay_arrays)
     arguments = (teacher_vars, replay_on_devices, experiment.task_key(task, keys.REPLAY))
     saved_with_state = {'replay': replay_on_devices}
   else:
-    step = classifier.make_train_step(model, tx, loss, augment_kwargs, teacher)
+    step = classifier.make_train_step(model, tx, loss, _augment_kwargs(experiment), teacher)
     carried = parallel.replicate(method_state) if method_state is not None else None
     arguments, saved_with_state = (teacher_vars, carried), {}
   state, steps_per_second = runner.run(
       'classifier', task, step, parallel.replicate(state), total_steps, global_offset, seconds,
       config.log_every_steps, arguments, sampler, saved_with_state)
-  variables = parallel.to_host({'params': state.params, 'batch_stats': state.batch_stats})
-  return variables, steps_per_second
+  params = {k: v for k, v in state.params.items() if k != LOSS_PARAMS}
+  variables = parallel.to_host({'params': params, 'batch_stats': state.batch_stats})
+  return variables, replay_arrays, steps_per_second
+
+
+def train_head(experiment: Experiment, task: Task, variables: dict | None, method_state: Any,
+               old_vars: Any, replay_arrays: Any, runner: StageRunner, resume: dict | None,
+               seconds: dict, global_offset: int) -> dict:
+  """The method's head phase (`HeadPhase`) from the classifier's `variables`
+  (None when resuming inside the phase); returns the variables after it (host)."""
+  config, method = experiment.config, experiment.method
+  phase, total_steps = method.head_phase, experiment.head_steps(task)
+  tx = phase.optimizer(config, total_steps)
+  if resume and resume['stage'] == 'head':
+    like = experiment.variables_like(task.num_seen)
+    state = classifier.init_train_state(like['params'], like['batch_stats'], tx, 'head')
+    state, replay_arrays = _restore_stage('head', experiment, runner, state, True)
+    logging.info('Resuming task %d head phase at step %d/%d', task.index, int(state.step),
+                 total_steps)
+  else:
+    state = classifier.init_train_state(variables['params'], variables['batch_stats'], tx, 'head')
+  step = classifier.make_replay_step(
+      experiment.model(task.num_seen), tx, phase.make_loss(experiment, task, replay_arrays, old_vars),
+      _augment_kwargs(experiment), method.teacher(experiment, task),
+      method.synthesis.source(experiment, task), config.replay.single_pass, head_only=True)
+  replay_on_devices = parallel.replicate(replay_arrays)
+  state, _ = runner.run(
+      'head', task, step, parallel.replicate(state), total_steps, global_offset, seconds,
+      config.log_every_steps,
+      (old_vars, replay_on_devices, experiment.task_key(task, keys.HEAD_PHASE_REPLAY)),
+      _batch_sampler(experiment, task, method_state, keys.HEAD_PHASE_ORDER, keys.HEAD_PHASE_AUGMENT),
+      {'replay': replay_on_devices})
+  return parallel.to_host({'params': state.params, 'batch_stats': state.batch_stats})
+
+
+def _restore_stage(stage: str, experiment: Experiment, runner: StageRunner,
+                   state: classifier.TrainState, replays: bool) -> tuple[Any, Any]:
+  """The state of `stage` and the replay arrays saved with it (None if it replays
+  nothing) from the latest progress checkpoint; `state` gives the shapes."""
+  target = {stage: parallel.to_host(state)}
+  if replays:
+    target['replay'] = experiment.method.synthesis.arrays_like(experiment)
+  restored = runner.checkpoints.restore_progress(target)
+  return restored[stage], restored.get('replay')
+
+
+def _augment_kwargs(experiment: Experiment) -> dict:
+  data = experiment.config.data
+  return dict(padding=data.crop_padding, flip=data.flip, mean=experiment.dataset.mean,
+              std=experiment.dataset.std)
+
+
+def _batch_sampler(experiment: Experiment, task: Task, method_state: Any, order_stream: int,
+                   augment_stream: int) -> BatchSampler:
+  """Batches of the task's training images (`Method.train_images`), in an order
+  and with augmentation keys from the two key streams."""
+  return BatchSampler(experiment.dataset.train_images, experiment.train_targets,
+                      experiment.method.train_images(experiment, task, method_state),
+                      experiment.config.train.batch_size, experiment.task_key(task, order_stream),
+                      experiment.task_key(task, augment_stream))
 
 
 # ----------------------------------------------------------------------------

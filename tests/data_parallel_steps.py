@@ -13,16 +13,17 @@ import numpy as np
 import optax
 
 from mfgr_jax import classifier, consolidation, inversion, parallel
-from mfgr_jax.methods import ewc, get_method
+from mfgr_jax.methods import ewc, get_method, rdfcil
 from mfgr_jax.methods.abd import ABD_TERMS
 from mfgr_jax.methods.mfgr import MFGR_TERMS
 from mfgr_jax.models.generator import Generator
-from mfgr_jax.models.resnet import resnet
+from mfgr_jax.models.resnet import LOSS_PARAMS, resnet
 from mfgr_jax.scenario import Task
 
 AUGMENT = dict(padding=2, flip=True, mean=(0.5,), std=(0.25,))
 CONFIG = ml_collections.ConfigDict(dict(
-    distillation=dict(temperature=2.0, scale_by_t_squared=False), lwm=dict(attention_weight=1.0)))
+    distillation=dict(temperature=2.0, scale_by_t_squared=False), lwm=dict(attention_weight=1.0),
+    rdfcil=dict(lambda_ce=0.5, lambda_hkd=0.15, lambda_rkd=0.5, head_ce_weight=0.5)))
 
 
 def _fingerprint(tree):
@@ -110,6 +111,29 @@ def main():
     for i in range(2):
       state, metrics = replay_step(state, batch, teacher_vars, source_arrays,
                                    jax.random.PRNGKey(5))
+      out[f'{name}_metrics_{i}'] = {k: float(v) for k, v in metrics.items()}
+    out[f'{name}_state'] = _fingerprint(state)
+
+  # R-DFCIL: its stage II (the RKD angles span the global batch; the projections are
+  # the loss's own parameters) and its head phase (class-weighted CE normalised
+  # over the global batch; only the head moves).
+  generator_source = classifier.generator_source(generator, 8)
+  with_projections = {**model_vars['params'],
+                      LOSS_PARAMS: rdfcil.projection_params(32, jax.random.PRNGKey(7))}
+  rdfcil_steps = {
+      'replay_rdfcil': (classifier.make_replay_step(
+          model, tx, rdfcil.make_loss(task, CONFIG), AUGMENT, teacher, generator_source),
+          classifier.init_train_state(with_projections, model_vars['batch_stats'], tx)),
+      'head_rdfcil': (classifier.make_replay_step(
+          model, tx, rdfcil.head_loss(task, CONFIG, [1.0, 3.0, 2.0, 1.5]), AUGMENT, teacher,
+          generator_source, head_only=True),
+          classifier.init_train_state(model_vars['params'], model_vars['batch_stats'], tx,
+                                      'head'))}
+  for name, (step, state) in rdfcil_steps.items():
+    state = parallel.replicate(state)
+    for i in range(2):
+      state, metrics = step(state, batch, teacher_vars, generator_state.params,
+                            jax.random.PRNGKey(5))
       out[f'{name}_metrics_{i}'] = {k: float(v) for k, v in metrics.items()}
     out[f'{name}_state'] = _fingerprint(state)
 

@@ -103,3 +103,40 @@ def test_replay_step_threads_bn_statistics_and_leaves_old_model_and_generator_al
   for now, before in [(teacher_vars, teacher_copy), (generator_params, generator_copy)]:
     for a, b in zip(jax.tree_util.tree_leaves(now), jax.tree_util.tree_leaves(before)):
       np.testing.assert_array_equal(a, b)
+
+
+def test_head_only_replay_step_moves_the_head_alone_and_keeps_batch_statistics():
+  """A method's head phase: the backbone frozen in eval mode, only params['head'] learns."""
+  teacher = resnet(18, 3, width=4, bn_axis_name=parallel.AXIS)
+  teacher_vars = teacher.init(jax.random.PRNGKey(1), jnp.zeros((1, 16, 16, 1)), train=False)
+  generator = Generator(16, 1, latent_dim=8, hidden=8, axis_name=parallel.AXIS)
+  generator_params = generator.init(jax.random.PRNGKey(5), jnp.zeros((2, 8)))['params']
+  model = resnet(18, 5, width=4, bn_axis_name=parallel.AXIS)
+  variables = parallel.to_host(model.init(jax.random.PRNGKey(4), jnp.zeros((1, 16, 16, 1)),
+                                          train=False))
+  task = Task(1, (3, 4), 3, 5)
+  tx = optax.sgd(0.1, momentum=0.9)
+  config = ml_collections.ConfigDict(dict(
+      distillation=dict(temperature=2.0, scale_by_t_squared=False)))
+  step = classifier.make_replay_step(
+      model, tx, get_method('mfgr').make_loss(task, config), dict(padding=0, flip=False,
+                                                                   mean=(0.5,), std=(0.25,)),
+      teacher, classifier.generator_source(generator, 8), head_only=True)
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (8, 16, 16, 1), dtype=np.uint8),
+           'label': np.array([3, 4] * 4, np.int32),
+           'aug_key': np.asarray(jax.random.split(jax.random.PRNGKey(6), 8))}
+  state = classifier.init_train_state(variables['params'], variables['batch_stats'], tx, 'head')
+  assert (jax.tree_util.tree_structure(state.opt_state)
+          == jax.tree_util.tree_structure(tx.init(variables['params']['head'])))
+  new_state, _ = step(parallel.replicate(state), parallel.shard(batch),
+                      parallel.replicate(teacher_vars), parallel.replicate(generator_params),
+                      jax.random.PRNGKey(7))
+  new_state = parallel.to_host(new_state)
+  for name, params in variables['params'].items():
+    moved = [not np.array_equal(a, b) for a, b in zip(
+        jax.tree_util.tree_leaves(new_state.params[name]), jax.tree_util.tree_leaves(params))]
+    assert all(moved) if name == 'head' else not any(moved), name
+  for a, b in zip(jax.tree_util.tree_leaves(new_state.batch_stats),
+                  jax.tree_util.tree_leaves(variables['batch_stats'])):
+    np.testing.assert_array_equal(a, b)

@@ -30,7 +30,8 @@ def per_device_count():
 
 
 @pytest.mark.parametrize('name', ['lwf', 'lwm', 'generator', 'generator_abd', 'pixels', 'replay0',
-                                  'replay1', 'replay_pool', 'importance'])
+                                  'replay1', 'replay_pool', 'replay_rdfcil', 'head_rdfcil',
+                                  'importance'])
 @pytest.mark.parametrize('devices', DEVICE_COUNTS[1:])
 def test_several_devices_compute_the_single_device_steps(per_device_count, name, devices):
   one, many = per_device_count[1], per_device_count[devices]

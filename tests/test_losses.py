@@ -238,3 +238,64 @@ def test_abd_head_ce_weights_and_feature_distillation():
   np.testing.assert_allclose(losses.head_projected_feature_distillation(
       jnp.asarray([[1.0, 0.0], [5.0, 5.0]]), jnp.asarray([[0.0, 0.0], [5.0, 5.0]]),
       jnp.asarray([[1.0, 2.0], [3.0, 4.0]])), 2.5 / 2, rtol=1e-6)
+
+
+# --- R-DFCIL --------------------------------------------------------------------
+
+
+def test_normalised_weighted_cross_entropy_divides_by_the_total_weight():
+  # PyTorch's cross_entropy(weight=w): (1 log(1 + e^-2) + 3 log 2) / (1 + 3) = 0.5515924.
+  value = losses.weighted_cross_entropy(jnp.asarray([[2.0, 0.0], [0.0, 0.0]]), jnp.asarray([0, 1]),
+                                        jnp.asarray([1.0, 3.0]), total_weight=4.0)
+  np.testing.assert_allclose(value, 0.5515924, rtol=1e-6)
+
+
+def test_inverse_frequency_weights_count_a_missing_class_as_one():
+  np.testing.assert_allclose(losses.inverse_frequency_weights(jnp.asarray([10, 5, 0])),
+                             [1.0, 2.0, 10.0])
+
+
+def test_l1_logit_distillation_is_the_mean_absolute_gap_and_stops_at_the_teacher():
+  student, teacher = jnp.asarray([[1.0, -1.0]]), jnp.asarray([[0.0, 1.0]])
+  assert float(losses.l1_logit_distillation(student, teacher)) == pytest.approx(1.5)
+  grad = jax.grad(losses.l1_logit_distillation, argnums=1)(student, teacher)
+  assert np.all(np.asarray(grad) == 0)
+
+
+def test_rkd_angle_loss_by_hand():
+  teacher = jnp.asarray([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+  student = jnp.asarray([[0.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+  # Only the angles at points 1 and 2 differ: twice |2/sqrt5 - 1/sqrt2| and twice
+  # |1/sqrt5 - 1/sqrt2| (A_ijk = A_ikj), averaged over all 27 triples.
+  expected = (2 * abs(2 / np.sqrt(5) - 1 / np.sqrt(2)) + 2 * abs(1 / np.sqrt(5) - 1 / np.sqrt(2))) / 27
+  np.testing.assert_allclose(losses.rkd_angle_loss(student, teacher), expected, rtol=1e-6)
+  np.testing.assert_allclose(expected, 0.0331269, rtol=1e-5)
+  # Angles do not change under scaling and translation.
+  assert float(losses.rkd_angle_loss(3 * teacher + 1, teacher)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_rkd_angle_loss_has_finite_gradients_with_repeated_points():
+  """e_i - e_i = 0 for every i (and for duplicated images): the safe norm keeps it finite."""
+  embeddings = jnp.asarray([[0.1, 0.2], [2.0, 0.5], [2.0, 0.5], [0.3, 1.3]])
+  grads = jax.grad(losses.rkd_angle_loss, argnums=(0, 1))(embeddings, embeddings[::-1])
+  assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
+
+
+def test_rkd_angle_loss_gradient_matches_finite_differences():
+  student = np.asarray([[0.1, 0.2], [2.0, 0.5], [0.3, 1.3]])
+  teacher = np.asarray([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+  grad = np.asarray(jax.grad(losses.rkd_angle_loss)(jnp.asarray(student), jnp.asarray(teacher)))
+  step = 1e-3
+  for index in np.ndindex(student.shape):
+    shift = np.zeros_like(student)
+    shift[index] = step
+    difference = (losses.rkd_angle_loss(jnp.asarray(student + shift), jnp.asarray(teacher))
+                  - losses.rkd_angle_loss(jnp.asarray(student - shift), jnp.asarray(teacher)))
+    np.testing.assert_allclose(grad[index], float(difference) / (2 * step), atol=2e-4)
+
+
+@pytest.mark.parametrize('num_old, num_new, expected', [
+    (10, 10, (0.6934264, 0.3877444, 1.2924813)), (20, 10, (0.4903265, 0.5483534, 1.8278445))])
+def test_rdfcil_loss_factors(num_old, num_new, expected):
+  np.testing.assert_allclose(losses.rdfcil_loss_factors(num_old, num_new, 0.5, 0.15, 0.5),
+                             expected, rtol=1e-6)

@@ -17,7 +17,8 @@ import PIL.Image
 import pytest
 
 from mfgr_jax import train
-from mfgr_jax.experiment import build_experiment
+from mfgr_jax.experiment import build_experiment, check_config
+from mfgr_jax.methods import get_method
 
 import archives
 from conftest import REPO, run_main
@@ -134,7 +135,17 @@ def test_debug_option_through_the_command_line(data_dirs, tmp_path):
   assert len(json.loads((tmp_path / 'results.json').read_text())['accuracy']) == 2
 
 
-@pytest.mark.parametrize('method', ['deepinversion', 'icarl', 'abd'])
+@pytest.mark.parametrize('method', ['abd', 'rdfcil'])
+@pytest.mark.parametrize('setting', SETTINGS)
+def test_every_setting_accepts_the_data_free_peers(setting, method):
+  """Their checks at every setting's full and debug size (the runs: below)."""
+  for arg in (None, 'debug'):
+    config = _config(setting, arg)
+    config.method = method
+    check_config(config, get_method(method))
+
+
+@pytest.mark.parametrize('method', ['deepinversion', 'icarl', 'abd', 'rdfcil'])
 def test_baselines_run_at_debug_size(method, data_dirs, tmp_path):
   config = _debug_config('cifar100_5phase', data_dirs)
   config.method = method

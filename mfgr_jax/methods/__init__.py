@@ -6,7 +6,8 @@ learners): its loss, its stage I (`synthesis`), its teacher, the images it
 trains on, what it does after a task and the state it carries to the next
 (with the template to restore that state from a checkpoint), how it predicts,
 the one-line checks of its settings and the config sections it reads (part of
-the checkpoint fingerprint). Every hook has a default, so a method overrides
+the checkpoint fingerprint); trainable parameters its loss owns, and a phase
+that trains only the head after stage II. Every hook has a default, so a method overrides
 only what it changes. The per-task loop (`train.py`) calls the hooks and never
 asks which method runs.
 
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import flax.linen as nn
 import ml_collections
 import numpy as np
+import optax
 
 from mfgr_jax import classifier
 from mfgr_jax import synthesis as synthesis_kinds
@@ -82,6 +84,11 @@ def argmax_of_seen_logits(experiment: Experiment, task: Task, variables: dict,
   return experiment.in_batches(predict, variables, images)
 
 
+def no_loss_params(experiment: Experiment, task: Task, key: Any) -> Any:
+  del experiment, task, key
+  return None
+
+
 def no_checks(config: ml_collections.ConfigDict) -> None:
   del config
 
@@ -89,6 +96,22 @@ def no_checks(config: ml_collections.ConfigDict) -> None:
 def nothing_to_prepare(experiment: Experiment) -> dict:
   del experiment
   return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadPhase:
+  """A phase after stage II that trains only the classifier's head, on the task's
+  images and replayed ones, with the backbone frozen in eval mode (its BatchNorm
+  statistics unchanged): R-DFCIL's class-balanced head fine-tuning. It runs at
+  tasks t > 0 of a method with a synthesis, as the checkpointed stage 'head'.
+  """
+  # (experiment, task) -> its number of steps.
+  steps: Callable[[Experiment, Task], int]
+  # (experiment, task, stage I's replay arrays, the old model's replicated
+  # variables) -> its loss, run in `classifier.make_replay_step(head_only=True)`.
+  make_loss: Callable[[Experiment, Task, Any, Any], classifier.ReplayLoss]
+  # (config, steps) -> the head's optimiser, new for the phase.
+  optimizer: Callable[[ml_collections.ConfigDict, int], optax.GradientTransformation]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +149,13 @@ class Method:
   # After the data is loaded: checks that need it, and what the method needs
   # besides the dataset (e.g. MUC's auxiliary images), in `experiment.resources`.
   prepare: Callable[[Experiment], dict] = nothing_to_prepare
+  # (experiment, task, key) -> trainable parameters of the task's loss (a pytree,
+  # e.g. R-DFCIL's projections) or None. They join the classifier's params under
+  # `resnet.LOSS_PARAMS`, where the loss finds them (`Forward.params`), are
+  # optimised and checkpointed with it, and are dropped after the task.
+  loss_params: Callable[[Experiment, Task, Any], Any] = no_loss_params
+  # Trains the head alone after stage II (`HeadPhase`), or None.
+  head_phase: HeadPhase | None = None
 
   def fingerprint(self, config: ml_collections.ConfigDict) -> dict:
     """The method's part of the checkpoint fingerprint: its name and its sections."""

@@ -145,11 +145,22 @@ class Forward(NamedTuple):
   params: Any  # the parameters that made them (`logits_from_feature_map` needs the head)
 
 
+# The key of the parameters a method's loss owns (e.g. R-DFCIL's projections) in
+# the classifier's params: trained with the model, but not part of it.
+LOSS_PARAMS = 'loss'
+
+
 def classify(model: ResNet, variables: dict, images: jax.Array,
              train: bool) -> tuple[Forward, dict | None]:
-  """Runs `model`; returns its `Forward` and, in train mode, the new batch statistics."""
+  """Runs `model`; returns its `Forward` and, in train mode, the new batch statistics.
+
+  `Forward.params` are all of `variables['params']`, the loss's own (`LOSS_PARAMS`)
+  included; the model runs on the others.
+  """
   mutable = [INTERMEDIATES, 'batch_stats'] if train else [INTERMEDIATES]
-  (logits, features), state = model.apply(variables, images, train=train, mutable=mutable)
+  model_params = {k: v for k, v in variables['params'].items() if k != LOSS_PARAMS}
+  (logits, features), state = model.apply({**variables, 'params': model_params}, images,
+                                          train=train, mutable=mutable)
   forward = Forward(logits, features, state[INTERMEDIATES][FEATURE_MAP][0], variables['params'])
   return forward, state.get('batch_stats')
 

@@ -1,6 +1,7 @@
 """abd (methods/abd.py): stage II's loss by hand, the head CE that trains only the
-head, task 0, and a whole smoke run with ABD's stage I. (ABD's inversion terms:
-test_losses.py and test_inversion.py; across devices: test_data_parallel.py.)"""
+head, and task 0. (ABD's inversion terms: test_losses.py and test_inversion.py;
+across devices: test_data_parallel.py; whole runs and kill -9:
+end_to_end/test_dfcil_runs.py.)"""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mfgr_jax import train
 from mfgr_jax.methods import get_method
 from mfgr_jax.models.resnet import Forward
 from mfgr_jax.scenario import Task
@@ -76,10 +76,3 @@ def test_task_0_is_plain_cross_entropy():
   value, cross_entropy = ref.task_0_loss_and_cross_entropy('abd', CONFIG)
   assert value == pytest.approx(cross_entropy, rel=1e-6)
 
-
-def test_abd_runs_with_its_own_stage_one(smoke_config, tmp_path):
-  smoke_config.method = 'abd'
-  smoke_config.replay.single_pass = True  # the code's one pass over real and generated images
-  results = train.run(smoke_config, str(tmp_path))
-  assert len(results['accuracy']) == 3 and 'generator' in results['seconds'][1]
-  assert results['accuracy'][-1] > 100 / 6  # above chance on 6 classes

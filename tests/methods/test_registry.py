@@ -15,7 +15,7 @@ from mfgr_jax.errors import UserError
 from conftest import REPO
 
 METHODS = ('finetune', 'lwf', 'oracle', 'ewc', 'mas', 'muc_mas', 'lwm', 'muc_lwf', 'icarl',
-           'icarl_mfgr', 'mfgr', 'lwf_g_bn', 'g_bn', 'lwf_g_base', 'deepinversion', 'abd')
+           'icarl_mfgr', 'mfgr', 'lwf_g_bn', 'g_bn', 'lwf_g_base', 'deepinversion', 'abd', 'rdfcil')
 # The per-task loop and what it is made of: none of it may name a method.
 LOOP = ('train.py', 'stage_runner.py', 'experiment.py', 'workdir.py', 'results.py',
         'data/sampler.py')
