@@ -311,7 +311,8 @@ def report_markdown(runs: Runs, groups: dict[str, list[int]], classes: list[int]
       '## After the last task', '',
       "Old, new and the named groups of classes are top-1 (%) over those classes' test images "
       'with the argmax over all seen classes. Seconds: wall time of each stage summed over the '
-      'incremental tasks (task 0 excluded). Mean ± sample std over finished runs.', '',
+      'incremental tasks (task 0 excluded; classifier: with a head phase, if the method has '
+      'one). Mean ± sample std over finished runs.', '',
       *last_task_table(runs, groups), '', '![Old and new accuracy](old_new.png)', '']
   if classes:
     lines += ['## Per class', '',

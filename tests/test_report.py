@@ -173,3 +173,8 @@ def test_missing_results_is_one_line(tmp_path):
 def test_unknown_label_id_is_one_line(tmp_path):
   dirs = _write_runs(tmp_path, {'a': _results('mfgr', 0)})
   _one_line_error(dirs + ['--classes', '0,7', '--out', str(tmp_path / 'out')], r'\[7\]')
+
+
+def test_classifier_seconds_include_a_head_phase():
+  assert report.stage_two_seconds({'generator': 5.0, 'classifier': 2.0, 'head': 1.5}) == 3.5
+  assert report.stage_two_seconds({'train': 4.0}) == 4.0  # results.json of before 2026-11

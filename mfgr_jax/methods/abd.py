@@ -20,7 +20,7 @@ head's kernel, so the feature drift is weighted by what it does to the old
 logits ("importance-weighted" distillation; the code's per-example weights are
 all 1). Task 0 is plain cross-entropy, as for every method.
 
-Departures from the code (docs/abd_rdfcil_design.md, section 5): the generator's
+Departures from the code (docs/methods.md): the generator's
 architecture and budget are the shared `generator` section's (a fresh generator
 per task, sampled with batch statistics; the code warm-starts one generator
 across tasks, lr 1e-3, 10 000 steps, and samples it with running statistics);
