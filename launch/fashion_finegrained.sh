@@ -11,7 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 ROOT=${ROOT:-workdirs/fashion_finegrained}
-METHODS=${METHODS:-finetune lwf ewc mas muc_mas lwm muc_lwf icarl lwf_g_bn mfgr deepinversion icarl_mfgr}
+METHODS=${METHODS:-finetune lwf ewc mas muc_mas lwm muc_lwf icarl lwf_g_bn mfgr deepinversion icarl_mfgr abd rdfcil}
+# Per-method arguments: ABD's code makes one pass over real and generated images.
+declare -A METHOD_ARGS=([abd]="--config.replay.single_pass=True")
 SEEDS=${*:-0 1 2}
 CONFIG=configs/fashion_finegrained.py
 OUT=${OUT:-docs/fashion_finegrained}
@@ -25,7 +27,7 @@ for seed in $SEEDS; do
   }
   run "$ROOT/seed$seed/task0" --config.method=finetune --config.scenario.num_tasks=1
   for method in $METHODS; do
-    run "$ROOT/seed$seed/$method" --config.method="$method" \
+    run "$ROOT/seed$seed/$method" --config.method="$method" ${METHOD_ARGS[$method]:-} \
       --config.init_from="$ROOT/seed$seed/task0"
   done
 done
