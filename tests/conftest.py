@@ -107,6 +107,14 @@ def kill_9_after_checkpoint(workdir: pathlib.Path, first: int, last: int, *args:
   signal_after_checkpoint(workdir, first, last, *args)
 
 
+def finished_run(tmp_path_factory: Any, name: str, *args: str) -> pathlib.Path:
+  """The workdir of an uninterrupted run of `main ARGS` in a new temporary folder NAME."""
+  workdir = tmp_path_factory.mktemp(name)
+  proc = run_main(f'--workdir={workdir}', *args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
 def kill_9_then_rerun(workdir: pathlib.Path, first: int, last: int,
                       *args: str) -> subprocess.CompletedProcess:
   """kill -9s `main --workdir WORKDIR ARGS` at a checkpoint in [first, last] (see

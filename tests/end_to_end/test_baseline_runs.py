@@ -7,7 +7,7 @@ import pytest
 
 from mfgr_jax import train
 
-from conftest import (SMOKE, comparable, kill_9_then_rerun, load_results, run_main, scalars,
+from conftest import (SMOKE, comparable, finished_run, kill_9_then_rerun, load_results, scalars,
                       tensorboard_tags)
 
 
@@ -16,17 +16,9 @@ DEEPINVERSION_ARGS = ('--config.method=deepinversion', '--config.deepinversion.b
                       '--config.checkpoint_every_steps=4')
 
 
-def _finished_smoke_run(tmp_path_factory, name: str, args: tuple[str, ...]):
-  """The workdir of an uninterrupted smoke run of `main ARGS`."""
-  workdir = tmp_path_factory.mktemp(name)
-  proc = run_main(f'--config={SMOKE}', f'--workdir={workdir}', *args)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir
-
-
 @pytest.fixture(scope='module')
 def deepinversion_run(tmp_path_factory):
-  return _finished_smoke_run(tmp_path_factory, 'deepinversion', DEEPINVERSION_ARGS)
+  return finished_run(tmp_path_factory, 'deepinversion', f'--config={SMOKE}', *DEEPINVERSION_ARGS)
 
 
 def test_deepinversion_runs_writes_samples_and_times_its_synthesis(deepinversion_run):
@@ -53,7 +45,7 @@ ICARL_ARGS = ('--config.method=icarl', '--config.icarl.memory_size=41')
 
 @pytest.fixture(scope='module')
 def icarl_run(tmp_path_factory):
-  return _finished_smoke_run(tmp_path_factory, 'icarl', ICARL_ARGS)
+  return finished_run(tmp_path_factory, 'icarl', f'--config={SMOKE}', *ICARL_ARGS)
 
 
 def _memory(workdir, task):

@@ -9,7 +9,7 @@ phase 77-166 (5 x the classifier's 18 steps, long enough to be killed in).
 
 import pytest
 
-from conftest import (SMOKE, comparable, load_results, run_main, scalars,
+from conftest import (SMOKE, comparable, finished_run, load_results, run_main, scalars,
                       signal_after_checkpoint, tensorboard_tags)
 
 COMMON = (f'--config={SMOKE}', '--config.scenario.num_tasks=2', '--config.generator.steps=40',
@@ -18,21 +18,14 @@ ABD = COMMON + ('--config.method=abd', '--config.replay.single_pass=True')
 RDFCIL = COMMON + ('--config.method=rdfcil', '--config.rdfcil.head_phase_fraction=5')
 
 
-def _finished(tmp_path_factory, name, args):
-  workdir = tmp_path_factory.mktemp(name)
-  proc = run_main(f'--workdir={workdir}', *args)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir
-
-
 @pytest.fixture(scope='module')
 def abd_run(tmp_path_factory):
-  return _finished(tmp_path_factory, 'abd', ABD)
+  return finished_run(tmp_path_factory, 'abd', *ABD)
 
 
 @pytest.fixture(scope='module')
 def rdfcil_run(tmp_path_factory):
-  return _finished(tmp_path_factory, 'rdfcil', RDFCIL)
+  return finished_run(tmp_path_factory, 'rdfcil', *RDFCIL)
 
 
 def test_abd_learns_the_new_task_and_logs_its_terms(abd_run):
