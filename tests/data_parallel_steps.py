@@ -129,10 +129,16 @@ def main():
           generator_source, head_only=True),
           classifier.init_train_state(model_vars['params'], model_vars['batch_stats'], tx,
                                       'head'))}
+  # Labels sorted, so that devices hold different classes and so different total
+  # weights: a head CE normalised per device instead of globally would show.
+  sorted_batch = parallel.shard({
+      'image': rng.integers(0, 256, (16, 16, 16, 1), dtype=np.uint8),
+      'label': np.repeat(np.int32([2, 3]), 8),
+      'aug_key': np.asarray(jax.random.split(jax.random.PRNGKey(8), 16))})
   for name, (step, state) in rdfcil_steps.items():
     state = parallel.replicate(state)
     for i in range(2):
-      state, metrics = step(state, batch, teacher_vars, generator_state.params,
+      state, metrics = step(state, sorted_batch, teacher_vars, generator_state.params,
                             jax.random.PRNGKey(5))
       out[f'{name}_metrics_{i}'] = {k: float(v) for k, v in metrics.items()}
     out[f'{name}_state'] = _fingerprint(state)
