@@ -4,67 +4,81 @@ Sized for a 2-core CPU: LwF or finetune finish in about 9 minutes, MFGR (a
 300-step generator per incremental task) in about half an hour. Switch the
 method with `--config.method=...`, any module's name under mfgr_jax/methods/
 (README, "Methods"; an unknown name lists them).
+
+Each field is declared with the values it allows (`get_fields`); a run checks
+its whole config against these rules before it loads data or compiles anything.
 """
 
 import ml_collections
 
+from mfgr_jax import config_fields as F
 from mfgr_jax import methods
+from mfgr_jax.data.loading import DATASETS
+from mfgr_jax.models.resnet import COMPUTE_DTYPES, STAGE_BLOCKS, STEMS
+
+
+def _class_order(spec: str) -> bool:
+  return spec in ('identity', 'seeded') or all(
+      part.strip().isdigit() for part in spec.split(','))
+
+
+def get_fields() -> dict:
+  """Every field of a run's config: its default and the values it allows
+  (`mfgr_jax/config_fields.py`). `get_config` gives the defaults; every run's
+  config is checked against these rules before any work."""
+  fields = dict(
+      seed=F.seed(0),
+      method=F.choice('lwf', tuple(sorted(methods.all_methods()))),
+      # Workdir of another run of the same setting whose task-0 model to reuse
+      # ("we fix the initial model for all methods"); '' trains task 0 here.
+      init_from=F.text(''),
+      data=dict(
+          # fashion_mnist | cifar100 | tiny_imagenet | caltech_birds2011 | caltech101 |
+          # cub_caltech (CUB's 200 labels, then Caltech-101's 102) | synthetic
+          name=F.choice('fashion_mnist', DATASETS),
+          data_dir=F.text(''),  # where TFDS keeps prepared data; '' = ~/tensorflow_datasets
+          manual_dir=F.text(''),  # official archives; '' = the dataset's usual place
+          # Fall back to TFDS's download when nothing is found locally (and its
+          # server answers).
+          download=F.boolean(True),
+          # >0: a fixed (seed-0) subset of each class's training images; and of its test images.
+          max_train_per_class=F.integer(0),
+          max_test_per_class=F.integer(0),
+          image_size=F.integer(0),  # >0: resize every image to this square size (PIL bilinear)
+          crop_padding=F.integer(2),  # random crops of the image padded by this many pixels
+          flip=F.boolean(True),
+          synthetic=dict(num_classes=F.positive_integer(10), image_size=F.positive_integer(28),
+                         channels=F.choice(1, (1, 3)), train_per_class=F.positive_integer(256),
+                         test_per_class=F.positive_integer(64), seed=F.seed(0))),
+      scenario=dict(
+          class_order=F.text('identity', "'identity', 'seeded' or comma-separated label ids",
+                             _class_order),
+          class_order_seed=F.seed(1993),
+          base_classes=F.integer(0),  # 0: the first task has `increment` classes too
+          increment=F.positive_integer(2),
+          num_tasks=F.integer(0)),  # >0: stop after this many tasks
+      # stem: 'cifar' (3x3, no pooling) or 'imagenet' (7x7/2 + max-pool, for 224x224).
+      # compute_dtype: 'bfloat16' for mixed precision on GPU/TPU (parameters, BN
+      # statistics and losses stay float32); XLA's CPU is no faster in bfloat16.
+      model=dict(depth=F.choice(18, tuple(sorted(STAGE_BLOCKS))), width=F.positive_integer(16),
+                 stem=F.choice('cifar', STEMS), compute_dtype=F.choice('float32', COMPUTE_DTYPES)),
+      train=dict(epochs=F.positive_integer(2), batch_size=F.positive_integer(128),
+                 learning_rate=F.positive_number(0.1), momentum=F.number(0.9, below=1.0),
+                 weight_decay=F.number(5e-4)),
+      eval_batch_size=F.positive_integer(1000),
+      # A step whose loss or gradient is NaN/Inf is never applied; then 'stop' ends
+      # the run naming the step and the terms, 'skip' counts it (results.json's
+      # skipped_steps) and goes on.
+      on_nonfinite=F.choice('stop', ('stop', 'skip')),
+      log_every_steps=F.positive_integer(50),
+      checkpoint_every_steps=F.positive_integer(200))
+  # Every method's and stage I's own sections (distillation, lwm, ewc, mas, icarl,
+  # muc, generator, deepinversion, replay, abd, rdfcil), with their rules, defaults
+  # and documentation, live with the method: the `CONFIG` of each module under
+  # mfgr_jax/methods/ and of mfgr_jax/synthesis.py.
+  fields.update(methods.config_fields())
+  return fields
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.method = 'lwf'
-  # Workdir of another run of the same setting whose task-0 model to reuse
-  # ("we fix the initial model for all methods"); '' trains task 0 here.
-  config.init_from = ''
-
-  config.data = ml_collections.ConfigDict()
-  # fashion_mnist | cifar100 | tiny_imagenet | caltech_birds2011 | caltech101 |
-  # cub_caltech (CUB's 200 labels, then Caltech-101's 102) | synthetic
-  config.data.name = 'fashion_mnist'
-  config.data.data_dir = ''  # where TFDS keeps prepared data; '' = ~/tensorflow_datasets
-  config.data.manual_dir = ''  # official archives; '' = the dataset's usual place
-  config.data.download = True  # fall back to TFDS's download when nothing is found locally
-  config.data.max_train_per_class = 0  # >0: a fixed (seed-0) subset of each class's training images
-  config.data.max_test_per_class = 0  # >0: the same for the test images
-  config.data.image_size = 0  # >0: resize every image to this square size (PIL bilinear)
-  config.data.crop_padding = 2
-  config.data.flip = True
-  config.data.synthetic = ml_collections.ConfigDict(dict(
-      num_classes=10, image_size=28, channels=1, train_per_class=256, test_per_class=64, seed=0))
-
-  config.scenario = ml_collections.ConfigDict()
-  config.scenario.class_order = 'identity'  # identity | seeded | comma-separated label ids
-  config.scenario.class_order_seed = 1993
-  config.scenario.base_classes = 0  # 0: the first task has `increment` classes too
-  config.scenario.increment = 2
-  config.scenario.num_tasks = 0  # >0: stop after this many tasks
-
-  # stem: 'cifar' (3x3, no pooling) or 'imagenet' (7x7/2 + max-pool, for 224x224).
-  # compute_dtype: 'bfloat16' for mixed precision on GPU/TPU (parameters, BN
-  # statistics and losses stay float32); XLA's CPU is no faster in bfloat16.
-  config.model = ml_collections.ConfigDict(dict(depth=18, width=16, stem='cifar',
-                                                compute_dtype='float32'))
-
-  config.train = ml_collections.ConfigDict()
-  config.train.epochs = 2
-  config.train.batch_size = 128
-  config.train.learning_rate = 0.1
-  config.train.momentum = 0.9
-  config.train.weight_decay = 5e-4
-  config.eval_batch_size = 1000
-  # A step whose loss or gradient is NaN/Inf is never applied; then 'stop' ends
-  # the run naming the step and the terms, 'skip' counts it (results.json's
-  # skipped_steps) and goes on.
-  config.on_nonfinite = 'stop'
-
-  # Every method's and stage I's own sections (distillation, lwm, ewc, mas, icarl,
-  # muc, generator, deepinversion, replay), with their defaults and documentation,
-  # live with the method: the `CONFIG` of each module under mfgr_jax/methods/ and
-  # of mfgr_jax/synthesis.py.
-  config.update(methods.default_config_sections())
-
-  config.log_every_steps = 50
-  config.checkpoint_every_steps = 200
-  return config
+  return F.defaults(get_fields())

@@ -21,6 +21,8 @@ from mfgr_jax import parallel
 from mfgr_jax.data.augment import normalize
 
 HEAD = 'head'
+# How the importance of a task joins that of the tasks before (`merge`).
+ACCUMULATE = ('average', 'sum')
 # (logits of one example over the seen classes) -> the scalar whose gradient measures importance.
 Score = Callable[[jax.Array], jax.Array]
 
@@ -57,17 +59,9 @@ def make_importance_step(model: nn.Module, score: Score, reduce: Callable[[jax.A
       out_specs=parallel.REPLICATED)
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError for settings a run would only trip over after its first task."""
-  if config.importance_batch_size <= 0:
-    raise ValueError(f'importance_batch_size must be positive, got {config.importance_batch_size}')
-  if config.accumulate not in ('average', 'sum'):
-    raise ValueError(f"accumulate must be 'average' or 'sum', got {config.accumulate!r}")
-
-
 def merge(previous: Any | None, new: Any, accumulate: str) -> Any:
   """Ω after a task: 'average' = (Ω_old + Ω_new)/2 (FACIL), 'sum' = Ω_old + Ω_new (MUC's intent)."""
-  if accumulate not in ('average', 'sum'):
+  if accumulate not in ACCUMULATE:
     raise ValueError(f"accumulate must be 'average' or 'sum', got {accumulate!r}")
   if previous is None:
     return new

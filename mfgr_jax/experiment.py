@@ -10,16 +10,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from configs import default
 from mfgr_jax import classifier
+from mfgr_jax import config_fields
 from mfgr_jax import keys
 from mfgr_jax import parallel
-from mfgr_jax.data.loading import Dataset, load_dataset, subsample_per_class
+from mfgr_jax.data.loading import Dataset, image_shape, load_dataset, num_classes
+from mfgr_jax.data.loading import subsample_per_class
 from mfgr_jax.errors import UserError
 from mfgr_jax.methods import Method, get_method
 from mfgr_jax.models.generator import Generator
 from mfgr_jax.models.resnet import resnet
 from mfgr_jax.scenario import Task, class_order, listed_classes, make_tasks
-from mfgr_jax.validation import check_choice, check_positive
 
 
 @dataclasses.dataclass
@@ -112,26 +114,41 @@ class Experiment:
                                          self.dataset.std, flip, l2_normalise)
 
 
-def check_config(config: ml_collections.ConfigDict, method: Method) -> None:
-  """One-line errors for bad settings, before any data is loaded."""
-  try:
-    resnet(config.model.depth, 1, config.model.width, config.model.stem,
-           dtype=config.model.compute_dtype)
-  except ValueError as e:
-    raise UserError(f'model: {e}; fix --config.model.*') from None
-  check_positive(config, ('train.batch_size', 'eval_batch_size', 'log_every_steps',
-                          'checkpoint_every_steps'))
-  check_choice(config.on_nonfinite, 'on_nonfinite', ('stop', 'skip'))
+def check_config(config: ml_collections.ConfigDict, source: str = 'the config') -> Method:
+  """Every rule of the config, before any data is loaded or anything is compiled:
+  each field's (configs/default.py's `get_fields`), then those across fields;
+  returns the method. Raises a one-line `UserError` (`source` names the config)."""
+  config_fields.check(config, default.get_fields(), source)
+  method = get_method(config.method)
   parallel.check_divisible(config.train.batch_size, 'train.batch_size')
   parallel.check_divisible(config.eval_batch_size, 'eval_batch_size')
+  planned_tasks(config)
+  if image_shape(config.data) is None:
+    raise UserError(f'{config.data.name} has images of different sizes; set '
+                    '--config.data.image_size (e.g. 224) to resize them to one square size')
+  if config.init_from and not (pathlib.Path(config.init_from).expanduser() / 'checkpoints' /
+                               'tasks' / '0').exists():
+    raise UserError(f'init_from={config.init_from} has no task-0 checkpoint (checkpoints/tasks/0);'
+                    ' point it at the workdir of a run that finished task 0, or set it to \'\'')
   method.synthesis.check_config(config)
   method.check_config(config)
+  return method
+
+
+def planned_tasks(config: ml_collections.ConfigDict) -> list[Task]:
+  """The scenario's tasks, from the dataset's class count (known without loading it)."""
+  order = class_order(num_classes(config.data), config.scenario.class_order,
+                      config.scenario.class_order_seed)
+  tasks = make_tasks(order, config.scenario.base_classes, config.scenario.increment)
+  if config.scenario.num_tasks > len(tasks):
+    raise UserError(f'scenario.num_tasks={config.scenario.num_tasks} but the scenario has '
+                    f'{len(tasks)} tasks; use 0 (all) or a number up to {len(tasks)}')
+  return tasks
 
 
 def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Experiment:
   """Checks the config, loads the data and builds the scenario; raises `UserError`."""
-  method = get_method(config.method)
-  check_config(config, method)
+  method = check_config(config)
   # An explicit class order may name a subset: only those classes are loaded.
   with parallel.main_process_first('prepare data'):
     dataset = load_dataset(config.data, listed_classes(config.scenario.class_order))
@@ -141,9 +158,6 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
   order = class_order(dataset.num_classes, config.scenario.class_order,
                       config.scenario.class_order_seed)
   tasks = make_tasks(order, config.scenario.base_classes, config.scenario.increment)
-  if not 0 <= config.scenario.num_tasks <= len(tasks):
-    raise UserError(f'scenario.num_tasks={config.scenario.num_tasks} but the scenario has '
-                    f'{len(tasks)} tasks; use 0 (all) or a number up to {len(tasks)}')
   output_of_label = np.full(dataset.num_classes, -1, np.int32)
   output_of_label[order] = np.arange(len(order))
   experiment = Experiment(config, workdir, method, dataset, order, tasks,

@@ -19,11 +19,13 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 from ml_collections import config_flags
 
 from mfgr_jax import parallel
 from mfgr_jax import train
-from mfgr_jax.errors import UserError
+from mfgr_jax.errors import UserError, first_line
+from mfgr_jax.experiment import check_config
 
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'default.py'
 
@@ -73,8 +75,18 @@ def _fail(message: str, exit_status: int = 2) -> None:
   os._exit(exit_status)  # pylint: disable=protected-access
 
 
+def _config_file(argv: list[str]) -> str:
+  """The --config argument of the command line, as given."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return str(_DEFAULT_CONFIG)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, with a one-line error for a bad flag or config override."""
+  """absl's parser, with a one-line error for a bad flag, config file or override."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -84,26 +96,44 @@ def _parse_flags(argv: list[str]) -> list[str]:
       where = message.split('Traceback (most recent call last)')[0].rstrip(': \n')
       message = f'{where}: {message.strip().splitlines()[-1]}'
     _fail(f'{message}; see --helpshort')
-  except (KeyError, AttributeError, TypeError, ValueError) as e:
+  except SyntaxError as e:
+    _fail(f'config file {e.filename}, line {e.lineno}: SyntaxError: {e.msg}; fix the file')
+  except AttributeError as e:
+    if 'get_config' not in str(e):
+      _fail(f'bad config override: {e}; fields are listed in the config file')
+    _fail(f'config file {_config_file(argv)} has no get_config(); a config file is a module '
+          'whose get_config() returns an ml_collections.ConfigDict (see configs/default.py)')
+  except (KeyError, TypeError, ValueError) as e:
     # ml_collections reports a mistyped field as KeyError('field\nDid you mean ...').
     _fail(f'bad config override: {e.args[0] if e.args else e}; fields are listed in the config file')
+  except Exception as e:  # pylint: disable=broad-except
+    # Importing the config module failed (a missing import, an error at its top level).
+    _fail(f'cannot load config file {_config_file(argv)}: {first_line(e)}')
 
 
-def _load_config():
+def _load_config() -> ml_collections.ConfigDict:
   filename = flags.FLAGS['config'].config_filename
   if not pathlib.Path(filename.split(':')[0]).is_file():
     _fail(f'config file {filename} not found; pass an existing file, e.g. --config configs/default.py')
   try:
-    return _CONFIG.value
+    config = _CONFIG.value
   except Exception as e:  # pylint: disable=broad-except
     # The config module itself failed (syntax error, bad import, ...).
     cause = e.__cause__ or e
+    if 'Unexpected None value' in str(cause):  # absl's words for get_config() returning None
+      _fail(f'config file {filename}: get_config() returned None, not an '
+            'ml_collections.ConfigDict; return the config')
     _fail(f'cannot load config file {filename}: {type(cause).__name__}: {cause}')
+  if not isinstance(config, ml_collections.ConfigDict):
+    _fail(f'config file {filename}: get_config() returned a {type(config).__name__}, not an '
+          'ml_collections.ConfigDict; start from configs/default.py\'s get_config()')
+  return config
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    _fail(f'unexpected argument(s) {" ".join(argv[1:])}: options are --config, --workdir and '
+          '--config.FIELD=VALUE (see --helpshort)')
   logging.get_absl_handler().addFilter(_quiet_orbax)
   sys.unraisablehook = _quiet_closed_event_loops
   config = _load_config()
@@ -114,6 +144,7 @@ def main(argv: list[str]) -> None:
   try:
     if _DISTRIBUTED.value or explicit[0] is not None:
       parallel.initialize_processes(*explicit)
+    check_config(config, f'config file {flags.FLAGS["config"].config_filename}')
   except UserError as e:
     _fail(str(e))
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename,

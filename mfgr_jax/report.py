@@ -34,8 +34,13 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
   os.replace(tmp, path)
 
 
+def json_text(data: Any) -> str:
+  """How results.json and config.json are written."""
+  return json.dumps(data, indent=1) + '\n'
+
+
 def write_json(path: pathlib.Path, data: Any) -> None:
-  write_atomic(path, json.dumps(data, indent=1) + '\n')
+  write_atomic(path, json_text(data))
 
 
 def write_png(path: pathlib.Path, image: np.ndarray) -> None:

@@ -28,14 +28,15 @@ import ml_collections
 import numpy as np
 
 from mfgr_jax import classifier
+from mfgr_jax import config_fields as F
 from mfgr_jax import inversion
 from mfgr_jax import keys
 from mfgr_jax import parallel
+from mfgr_jax.data.loading import image_shape
 from mfgr_jax.errors import UserError
 from mfgr_jax.models.generator import generator_features
 from mfgr_jax.scenario import Task
 from mfgr_jax.stage_runner import StageRunner
-from mfgr_jax.validation import check_choice, check_positive
 
 if TYPE_CHECKING:
   from mfgr_jax.experiment import Experiment
@@ -51,11 +52,14 @@ CONFIG = {
     # terms, a method uses the subset it names (methods/mfgr.py); code defaults,
     # the paper's diversity weight lambda3 = 0.1.
     'generator': dict(
-        steps=300, batch_size=128, learning_rate=0.01, latent_dim=1000, hidden=128,
-        architecture='dafl', image_size=0, diversity_pairs=50,
-        weights=dict(one_hot=1.0, class_balance=5.0, activation=0.1, signed_difference=10.0,
-                     bn_statistics=20.0, diversity=0.1),
-        log_every_steps=50),
+        steps=F.positive_integer(300), batch_size=F.positive_integer(128),
+        learning_rate=F.positive_number(0.01), latent_dim=F.positive_integer(1000),
+        hidden=F.positive_integer(128), architecture=F.choice('dafl', ('dafl', 'pyramid')),
+        image_size=F.integer(0), diversity_pairs=F.positive_integer(50),
+        weights={name: F.number(weight) for name, weight in dict(
+            one_hot=1.0, class_balance=5.0, activation=0.1, signed_difference=10.0,
+            bn_statistics=20.0, diversity=0.1).items()},
+        log_every_steps=F.positive_integer(50)),
     # Stage I of deepinversion: `batches` batches of images, each optimised from
     # noise for `iterations` Adam steps against the frozen old model (spec §8.8;
     # DeepInversion's CIFAR setting: 2000 iterations at batch 256, lr 0.05), with
@@ -63,15 +67,20 @@ CONFIG = {
     # bn_statistics is MFGR's term and weight (a mean over layers; DeepInversion
     # sums over layers with r = 10), so that the comparison is pool vs generator.
     'deepinversion': dict(
-        batches=2, batch_size=128, iterations=200, learning_rate=0.05, jitter=2, flip=True,
-        weights=dict(target_ce=1.0, bn_statistics=20.0, total_variation=2.5e-5, l2_prior=1e-5),
-        log_every_steps=50),
+        batches=F.positive_integer(2), batch_size=F.positive_integer(128),
+        iterations=F.positive_integer(200), learning_rate=F.positive_number(0.05),
+        jitter=F.integer(2), flip=F.boolean(True),
+        weights={name: F.number(weight) for name, weight in dict(
+            target_ce=1.0, bn_statistics=20.0, total_variation=2.5e-5, l2_prior=1e-5).items()},
+        log_every_steps=F.positive_integer(50)),
     # Stage II: generated images per step next to each real batch (the code: 512
     # with 128 real). balance: 'fixed' = always generated_batch_size (the code);
     # 'per_class' = as many generated images per old class as real ones per new
     # class (the paper's 1:1). single_pass: True = one train-mode pass over
     # generated + real images (the code: two passes, BN statistics threaded).
-    'replay': dict(generated_batch_size=128, balance='fixed', single_pass=False),
+    'replay': dict(generated_batch_size=F.positive_integer(128),
+                   balance=F.choice('fixed', ('fixed', 'per_class')),
+                   single_pass=F.boolean(False)),
 }
 
 # (experiment, task, the old model's variables on devices, runner, the task's
@@ -153,20 +162,9 @@ def _write_samples(stage: str, experiment: Experiment, task: Task, images: np.nd
   runner.write_images(stage, task, grid, experiment.workdir / 'samples', global_step)
 
 
-def _check_common(name: str, fields: tuple[str, ...], config: ml_collections.ConfigDict) -> None:
-  check_positive(config, tuple(f'{name}.{field}' for field in
-                               ('batch_size', 'learning_rate', 'log_every_steps') + fields))
-  parallel.check_divisible(config[name].batch_size, f'{name}.batch_size')
-
-
 def _check_replay(config: ml_collections.ConfigDict) -> None:
-  check_choice(config.replay.balance, 'replay.balance', ('fixed', 'per_class'))
-
-
-def _prepare_replay(experiment: Experiment) -> None:
-  for task in experiment.tasks_to_run[1:]:
-    parallel.check_divisible(generated_batch_size(experiment.config, task),
-                             f'the generated batch of task {task.index}')
+  if config.replay.balance == 'fixed':
+    parallel.check_divisible(config.replay.generated_batch_size, 'replay.generated_batch_size')
 
 
 # --- generator (MFGR) ---------------------------------------------------------
@@ -210,25 +208,24 @@ def _generator_params_like(experiment: Experiment) -> Any:
 
 
 def _check_generator(terms: tuple[str, ...], config: ml_collections.ConfigDict) -> None:
-  _check_common('generator', ('steps',), config)
+  parallel.check_divisible(config.generator.batch_size, 'generator.batch_size')
   _check_replay(config)
   if 'diversity' in terms and 2 * config.generator.diversity_pairs > config.generator.batch_size:
     raise UserError(f'generator.diversity_pairs={config.generator.diversity_pairs} needs '
                     f'generator.batch_size >= {2 * config.generator.diversity_pairs} (pairs join '
                     'the two halves of the batch); lower the pairs or raise the batch')
-
-
-def _prepare_generator(experiment: Experiment) -> None:
-  height, width, _ = experiment.dataset.image_shape
+  shape = image_shape(config.data)
+  if shape is None:  # photographs of any size without data.image_size: refused with the data
+    return
+  height, width, _ = shape
   if height != width:
-    raise UserError(f'the generator makes square images but {experiment.dataset.name} has '
+    raise UserError(f'the generator makes square images but {config.data.name} has '
                     f'{height}x{width} images; set --config.data.image_size to resize them')
-  config = experiment.config.generator
   try:
-    generator_features(config.architecture, config.hidden, config.image_size or height)
+    generator_features(config.generator.architecture, config.generator.hidden,
+                       config.generator.image_size or height)
   except ValueError as e:
     raise UserError(f'generator: {e}; fix --config.generator.image_size or .architecture') from None
-  _prepare_replay(experiment)
 
 
 def generator(terms: tuple[str, ...], loss_section: str = '') -> Synthesis:
@@ -240,8 +237,7 @@ def generator(terms: tuple[str, ...], loss_section: str = '') -> Synthesis:
                    steps=lambda config: config.generator.steps,
                    record=functools.partial(_record_with_generator, terms, loss_section),
                    source=_generator_source, arrays_like=_generator_params_like,
-                   check_config=functools.partial(_check_generator, terms),
-                   prepare=_prepare_generator)
+                   check_config=functools.partial(_check_generator, terms))
 
 
 # --- pixel pool (DeepInversion) -----------------------------------------------
@@ -275,14 +271,11 @@ def _pool_like(experiment: Experiment) -> np.ndarray:
 
 
 def _check_pixel_pool(config: ml_collections.ConfigDict) -> None:
-  _check_common('deepinversion', ('batches', 'iterations'), config)
-  if config.deepinversion.jitter < 0:
-    raise UserError(f'deepinversion.jitter={config.deepinversion.jitter} must be >= 0')
+  parallel.check_divisible(config.deepinversion.batch_size, 'deepinversion.batch_size')
   _check_replay(config)
 
 
 def _prepare_pixel_pool(experiment: Experiment) -> None:
-  _prepare_replay(experiment)
   most_old = max((t.num_old for t in experiment.tasks_to_run), default=0)
   size = inversion.pool_size(experiment.config.deepinversion)
   if size < most_old:

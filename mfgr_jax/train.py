@@ -30,8 +30,8 @@ from mfgr_jax import report
 from mfgr_jax import workdir as workdirs
 from mfgr_jax.checkpoints import Checkpoints
 from mfgr_jax.data.sampler import BatchSampler
-from mfgr_jax.errors import Interrupted, UserError
-from mfgr_jax.experiment import Experiment, build_experiment
+from mfgr_jax.errors import Interrupted
+from mfgr_jax.experiment import Experiment, build_experiment, check_config
 from mfgr_jax.models.resnet import LOSS_PARAMS, widen_head
 from mfgr_jax.results import record_task
 from mfgr_jax.scenario import Task
@@ -43,15 +43,18 @@ from mfgr_jax.stage_runner import StageRunner
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) the whole class-incremental sequence; returns results."""
+  """Runs (or resumes) the whole class-incremental sequence; returns results.
+  The config is checked before the workdir is locked, the lock taken before the
+  data is loaded."""
   workdir = pathlib.Path(workdir)
-  experiment = build_experiment(config, workdir)
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    lock = workdirs.lock(workdir) if parallel.is_main_process() else None
-  except OSError as e:
-    raise UserError(f'cannot write to workdir {workdir} ({e.strerror}); choose a writable '
-                    '--workdir') from None
+  check_config(config)
+  with workdirs.locked(workdir):
+    return run_tasks(build_experiment(config, workdir))
+
+
+def run_tasks(experiment: Experiment) -> dict:
+  """Every task of the experiment not yet in its workdir's checkpoints."""
+  config, workdir = experiment.config, experiment.workdir
   # TensorBoard only: the step log lines already go to the console.
   writer = (metric_writers.AsyncWriter(metric_writers.SummaryWriter(str(workdir)))
             if parallel.is_main_process() else metric_writers.MultiWriter([]))
@@ -60,6 +63,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results, previous, method_state, start = workdirs.resume(experiment, checkpoints)
     if parallel.is_main_process():  # after the checks: a refused config leaves config.json alone
       report.write_json(workdir / 'config.json', config.to_dict())
+      if start >= len(experiment.tasks_to_run):  # finished before: its outputs must be whole
+        workdirs.restore_outputs(workdir, results)
     offsets = np.cumsum([0] + [experiment.task_steps(t) for t in experiment.tasks_to_run])
     progress = periodic_actions.ReportProgress(num_train_steps=int(offsets[-1]), writer=writer,
                                                every_secs=30)
@@ -78,8 +83,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpoints.wait()
     checkpoints.close()
     writer.close()
-    if lock is not None:
-      lock.close()
   return results
 
 

@@ -1,14 +1,18 @@
 """A run's workdir: its lock, the fingerprint its checkpoints must match, resuming
 from them, and another run's task-0 model (`config.init_from`)."""
 
+import contextlib
+import dataclasses
 import fcntl
 import os
 import pathlib
 import socket
-from typing import IO, Any
+from typing import Any, Iterator
 
 from absl import logging
 
+from mfgr_jax import parallel
+from mfgr_jax import report
 from mfgr_jax.checkpoints import Checkpoints
 from mfgr_jax.errors import UserError
 from mfgr_jax.experiment import Experiment
@@ -20,47 +24,69 @@ from mfgr_jax.scenario import Task
 _TASK0_FINGERPRINT = ('dataset', 'images', 'class_order', 'tasks', 'model')
 
 
-def lock(workdir: pathlib.Path) -> IO[str]:
-  """An exclusive lock on WORKDIR/lock, held while the returned file is open (the OS
-  drops it when the process ends, also after kill -9); refuses a workdir another
-  run holds, so that two runs never write the same checkpoints."""
-  handle = open(workdir / 'lock', 'a+')  # pylint: disable=consider-using-with
+@dataclasses.dataclass
+class Lock:
+  """A held workdir lock (`lock`); `close` releases it."""
+  descriptor: int
+
+  def close(self) -> None:
+    os.close(self.descriptor)
+
+
+def lock(workdir: pathlib.Path) -> Lock:
+  """An exclusive lock on the workdir itself, held until `Lock.close` (the OS drops
+  it when the process ends, also after kill -9); refuses a workdir
+  another run holds, so that two runs never write the same checkpoints. The
+  lock is on the directory, so deleting WORKDIR/lock (which names the holder)
+  does not free it."""
+  directory = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
   try:
-    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.flock(directory, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except BlockingIOError:
-    handle.seek(0)
-    holder = handle.read().strip() or 'another process'
-    handle.close()
-    raise UserError(f'workdir {workdir} is in use by another run ({holder}); wait for it to '
-                    'end, or choose another --workdir') from None
-  handle.seek(0)
-  handle.truncate()
-  handle.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
-  handle.flush()
-  return handle
+    os.close(directory)
+    holder = (workdir / 'lock').read_text().strip() if (workdir / 'lock').exists() else ''
+    raise UserError(f'workdir {workdir} is in use by another run ({holder or "another process"});'
+                    ' wait for it to end, or choose another --workdir') from None
+  (workdir / 'lock').write_text(f'pid {os.getpid()} on {socket.gethostname()}\n')
+  return Lock(directory)
 
 
-def check_fingerprint(saved: dict, expected: dict, where: str) -> None:
+@contextlib.contextmanager
+def locked(workdir: pathlib.Path) -> Iterator[None]:
+  """Creates `workdir` and holds its `lock` (on the main process) for the block."""
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    held = lock(workdir) if parallel.is_main_process() else None
+  except OSError as e:
+    raise UserError(f'cannot write to workdir {workdir} ({e.strerror}); choose a writable '
+                    '--workdir') from None
+  try:
+    yield
+  finally:
+    if held is not None:
+      held.close()
+
+
+def check_fingerprint(saved: dict, expected: dict, where: str,
+                      fix: str = 'use a new --workdir, or delete that one to start over') -> None:
   differences = [k for k in expected if saved.get(k) != expected[k]]
   if differences:
     raise UserError(
         f'{where} was made with a different {", ".join(differences)} than this config '
-        f'(saved {saved.get(differences[0])!r}, now {expected[differences[0]]!r}); use a new '
-        '--workdir, or delete that one to start over')
+        f'(saved {saved.get(differences[0])!r}, now {expected[differences[0]]!r}); {fix}')
 
 
 def load_task0(experiment: Experiment, task: Task) -> tuple[dict, str]:
   """The task-0 model of another run's workdir (`config.init_from`), and its path."""
   source = pathlib.Path(experiment.config.init_from).expanduser().absolute()
-  if not (source / 'checkpoints' / 'tasks' / '0').exists():
-    raise UserError(f'init_from={source} has no task-0 checkpoint (checkpoints/tasks/0); point '
-                    'it at the workdir of a run that finished task 0')
   other = Checkpoints(source / 'checkpoints')
   saved = other.task_meta(0)['fingerprint']
   expected = {k: v for k, v in experiment.fingerprint().items() if k in _TASK0_FINGERPRINT}
   expected['tasks'] = expected['tasks'][:1]
   saved = {**saved, 'tasks': saved['tasks'][:1]}
-  check_fingerprint(saved, expected, f'the task-0 model in {source}')
+  check_fingerprint(saved, expected, f'the task-0 model in {source}',
+                    'point init_from at a run of this dataset, class order, first task and model, '
+                    "or set it to '' to train task 0 here")
   variables, _ = other.restore_task(0, experiment.variables_like(task.num_seen))
   other.close()
   return variables, str(source)
@@ -86,3 +112,19 @@ def resume(experiment: Experiment, checkpoints: Checkpoints) -> tuple[dict, Any,
   if mid_task is not None and 'fingerprint' in mid_task:  # absent in workdirs of before 2026-11
     check_fingerprint(mid_task['fingerprint'], experiment.fingerprint(), where)
   return results, previous, method_state, start
+
+
+def restore_outputs(workdir: pathlib.Path, results: dict) -> None:
+  """Rewrites results.json and report.md from `results` (the checkpoints') where
+  they are missing, unreadable or different, and says so."""
+  outputs = {'results.json': report.json_text(results),
+             'report.md': report.results_markdown(results)}
+  for name, text in outputs.items():
+    path = workdir / name
+    try:
+      if path.read_text() == text:
+        continue
+    except (OSError, UnicodeDecodeError):
+      pass
+    report.write_atomic(path, text)
+    logging.warning('%s was missing or damaged: rewrote it from the checkpoints', path)

@@ -4,11 +4,13 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download import checksums
 from tensorflow_datasets.image_classification.cifar import Cifar100
 
 from mfgr_jax.data import augment
 from mfgr_jax.data.idx import read_idx, write_idx
+from mfgr_jax.data import loading
 from mfgr_jax.data.loading import load_dataset
 from mfgr_jax.errors import UserError
 
@@ -87,6 +89,41 @@ def test_missing_data_says_where_it_looked_and_how_to_fix(tmp_path):
   assert '\n' not in message
   assert str(tmp_path / 'manual') in message and str(tmp_path / 'tfds') in message
   assert 'apt-get install dataset-fashion-mnist' in message
+
+
+@pytest.mark.parametrize('name,archives_named', [
+    ('cifar100', "['cifar-100-binary.tar.gz', 'cifar-100-python.tar.gz']"),
+    ('fashion_mnist', "'train-images-idx3-ubyte.gz'"),
+])
+def test_offline_with_nothing_local_fails_at_once_naming_the_archives(tmp_path, monkeypatch, name,
+                                                                      archives_named):
+  """With download on but its server unreachable, no download is tried (TFDS would
+  retry for minutes): one line with the archives to place and the folder."""
+  probed = []
+
+  def unreachable(address, timeout=None):
+    probed.append(address)
+    raise OSError('Network is unreachable')
+
+  def no_download(*args, **kwargs):
+    raise AssertionError('a download was tried')
+
+  monkeypatch.setattr(loading.socket, 'create_connection', unreachable)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', no_download)
+  with pytest.raises(UserError) as e:
+    load_dataset(_data_config(name, tmp_path, download=True))
+  message = str(e.value)
+  assert '\n' not in message and probed
+  assert archives_named in message and f'in {tmp_path / "manual"}' in message
+  assert "its download server is unreachable" in message
+
+
+def test_the_class_count_and_image_shape_known_before_loading_are_the_builders():
+  for name, spec in loading._SPECS.items():
+    info = tfds.builder(spec.sources[0].builder).info
+    assert spec.num_classes == info.features['label'].num_classes, name
+    native = info.features['image'].shape
+    assert spec.image_shape == (None if None in native else native), name
 
 
 def test_unknown_dataset(tmp_path):

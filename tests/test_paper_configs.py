@@ -142,7 +142,7 @@ def test_every_setting_accepts_the_data_free_peers(setting, method):
   for arg in (None, 'debug'):
     config = _config(setting, arg)
     config.method = method
-    check_config(config, get_method(method))
+    assert check_config(config) is get_method(method)
 
 
 @pytest.mark.parametrize('method', ['deepinversion', 'icarl', 'abd', 'rdfcil'])

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from mfgr_jax import workdir
+from mfgr_jax import experiment, train, workdir
 from mfgr_jax.errors import UserError
 
 FINGERPRINT = {'dataset': 'synthetic', 'class_order': [0, 1, 2, 3],
@@ -27,6 +27,34 @@ def test_a_second_holder_of_the_lock_is_refused_in_one_line(tmp_path):
   finally:
     first.close()
   workdir.lock(tmp_path).close()  # released with its file: the next run takes it
+
+
+def test_deleting_the_lock_file_does_not_free_the_workdir(tmp_path):
+  first = workdir.lock(tmp_path)
+  try:
+    (tmp_path / 'lock').unlink()
+    with pytest.raises(UserError, match='is in use by another run'):
+      workdir.lock(tmp_path)
+  finally:
+    first.close()
+  workdir.lock(tmp_path).close()
+
+
+def test_a_run_holds_the_lock_before_it_loads_data(smoke_config, tmp_path, monkeypatch):
+  """A second run on the workdir is refused before it loads anything."""
+  seen = []
+
+  def load_while_checking_the_lock(*args, **kwargs):
+    with pytest.raises(UserError, match='is in use by another run'):
+      workdir.lock(tmp_path)
+    seen.append('checked')
+    raise UserError('stop here')
+
+  monkeypatch.setattr(experiment, 'load_dataset', load_while_checking_the_lock)
+  with pytest.raises(UserError, match='stop here'):
+    train.run(smoke_config, str(tmp_path))
+  assert seen == ['checked']
+  workdir.lock(tmp_path).close()  # and released when the run fails
 
 
 def test_the_same_fingerprint_passes():

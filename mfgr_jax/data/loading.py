@@ -11,7 +11,9 @@ import dataclasses
 import io
 import pathlib
 import pickle
+import socket
 import tarfile
+import urllib.parse
 from typing import Sequence
 
 from absl import logging
@@ -59,6 +61,8 @@ class _Source:
 @dataclasses.dataclass(frozen=True)
 class _Spec:
   sources: tuple[_Source, ...]
+  num_classes: int
+  image_shape: tuple[int, int, int] | None  # None: photographs of any size
   mean: tuple[float, ...]
   std: tuple[float, ...]
   default_manual_dir: str
@@ -69,6 +73,7 @@ _SPECS = {
     'fashion_mnist': _Spec(
         sources=(_Source('fashion_mnist_idx', sum(builders.FASHION_MNIST_FILES.values(), ())),
                  _Source('fashion_mnist')),
+        num_classes=10, image_shape=(28, 28, 1),
         mean=(0.2860,), std=(0.3530,),
         default_manual_dir='/usr/share/datasets/fashion-mnist',
         how_to_get='apt-get install dataset-fashion-mnist'),
@@ -77,6 +82,7 @@ _SPECS = {
                  _Source('cifar100_python', (builders.CIFAR100_PYTHON_ARCHIVE,)),
                  _Source('cifar100')),
         # The official code's (MUC/LUCIR) constants; the std is a mean of per-image stds.
+        num_classes=100, image_shape=(32, 32, 3),
         mean=(0.5071, 0.4866, 0.4409), std=(0.2009, 0.1984, 0.2023),
         default_manual_dir='~/tensorflow_datasets/downloads/manual',
         how_to_get='place cifar-100-binary.tar.gz or cifar-100-python.tar.gz from '
@@ -85,6 +91,7 @@ _SPECS = {
         # One source per layout; both prepare the same `tiny_imagenet` builder.
         sources=(_Source('tiny_imagenet', (builders.TINY_IMAGENET_ARCHIVE,)),
                  _Source('tiny_imagenet', (builders.TINY_IMAGENET_FOLDER,))),
+        num_classes=200, image_shape=(64, 64, 3),
         mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
         default_manual_dir='~/tensorflow_datasets/downloads/manual',
         how_to_get=f'place {builders.TINY_IMAGENET_ARCHIVE} from '
@@ -93,6 +100,7 @@ _SPECS = {
     'caltech_birds2011': _Spec(
         sources=(_Source('caltech_birds2011_archive', (builders.CUB_ARCHIVE,)),
                  _Source('caltech_birds2011')),
+        num_classes=200, image_shape=None,
         mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
         default_manual_dir='~/tensorflow_datasets/downloads/manual',
         how_to_get=f'place {builders.CUB_ARCHIVE} from '
@@ -100,6 +108,7 @@ _SPECS = {
     'caltech101': _Spec(
         sources=tuple(_Source('caltech101_archive', (name,))
                       for name in builders.CALTECH101_ARCHIVES) + (_Source('caltech101'),),
+        num_classes=102, image_shape=None,
         mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
         default_manual_dir='~/tensorflow_datasets/downloads/manual',
         how_to_get=f'place {" or ".join(builders.CALTECH101_ARCHIVES)} from '
@@ -107,6 +116,7 @@ _SPECS = {
     # MUC's auxiliary unlabelled images; TFDS's download only.
     'svhn_cropped': _Spec(
         sources=(_Source('svhn_cropped'),),
+        num_classes=10, image_shape=(32, 32, 3),
         mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970),
         default_manual_dir='~/tensorflow_datasets/downloads/manual',
         how_to_get='run once with internet access and data.download=True (TFDS downloads it)'),
@@ -152,20 +162,39 @@ def load_dataset(config: ml_collections.ConfigDict,
         f'{config.name} not found: no prepared TFDS dataset in '
         f'{data_dir or "~/tensorflow_datasets"} and none of '
         f'{sorted({f for s in spec.sources for f in s.manual_files})} in {manual_dir}'
-        f'{"" if config.download else " (download disabled)"}; fix: {spec.how_to_get}, or '
+        f'{_download_note(spec, config.download)}; fix: {spec.how_to_get}, or '
         'set --config.data.manual_dir to where the files are')
-  image_shape = builder.info.features['image'].shape
-  if None in image_shape and not config.image_size:
+  native_shape = builder.info.features['image'].shape
+  if None in native_shape and not config.image_size:
     raise UserError(f'{config.name} has images of different sizes; set --config.data.image_size '
                     '(e.g. 224) to resize them to one square size')
   wanted = None if labels is None else np.asarray(sorted(labels))
-  train, test = (_read_split(builder, split, wanted, config.image_size, image_shape[-1])
+  train, test = (_read_split(builder, split, wanted, config.image_size, native_shape[-1])
                  for split in ('train', 'test'))
   logging.info('Loaded %s from TFDS builder %s (%s): %d train, %d test images', config.name,
                builder.name, builder.data_dir, len(train[1]), len(test[1]))
   return Dataset(config.name, *train, *test,
                  class_names=list(builder.info.features['label'].names),
                  mean=spec.mean, std=spec.std)
+
+
+def num_classes(config: ml_collections.ConfigDict) -> int:
+  """The classes of dataset `config.name` (`config`: the `data` section), known
+  without loading it."""
+  if config.name == 'synthetic':
+    return config.synthetic.num_classes
+  return sum(_SPECS[name].num_classes for name in _COMPOSITES.get(config.name, (config.name,)))
+
+
+def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int] | None:
+  """The shape of every loaded image of `config.name` (after `image_size`), known
+  without loading it; None for photographs of any size without an `image_size`."""
+  if config.name == 'synthetic':
+    return (config.synthetic.image_size,) * 2 + (config.synthetic.channels,)
+  native = _SPECS[_COMPOSITES.get(config.name, (config.name,))[0]].image_shape
+  if config.image_size:
+    return (config.image_size,) * 2 + (native[-1] if native else 3,)
+  return native
 
 
 def _read_split(builder: tfds.core.DatasetBuilder, split: str, wanted: np.ndarray | None,
@@ -205,7 +234,7 @@ def _load_composite(config: ml_collections.ConfigDict, labels: Sequence[int] | N
   parts, offset = [], 0
   for name in _COMPOSITES[config.name]:
     part_config = ml_collections.ConfigDict({**config.to_dict(), 'name': name})
-    num_classes = len(_class_names(part_config))
+    num_classes = _SPECS[name].num_classes
     mine = None if labels is None else [l - offset for l in labels if offset <= l < offset + num_classes]
     part = load_dataset(part_config, mine)
     parts.append(dataclasses.replace(part, train_labels=part.train_labels + offset,
@@ -218,13 +247,6 @@ def _load_composite(config: ml_collections.ConfigDict, labels: Sequence[int] | N
                  mean=parts[0].mean, std=parts[0].std)
 
 
-def _class_names(config: ml_collections.ConfigDict) -> list[str]:
-  """The label names of a dataset's TFDS builder, without preparing it."""
-  spec = _SPECS[config.name]
-  return list(tfds.builder(spec.sources[0].builder, data_dir=config.data_dir or None)
-              .info.features['label'].names)
-
-
 def _keep_labels(dataset: Dataset, labels: Sequence[int] | None) -> Dataset:
   if labels is None:
     return dataset
@@ -232,6 +254,25 @@ def _keep_labels(dataset: Dataset, labels: Sequence[int] | None) -> Dataset:
   return dataclasses.replace(
       dataset, train_images=dataset.train_images[train], train_labels=dataset.train_labels[train],
       test_images=dataset.test_images[test], test_labels=dataset.test_labels[test])
+
+
+def _download_note(spec: _Spec, download: bool) -> str:
+  if not any(not source.manual_files for source in spec.sources):
+    return ''  # no download to speak of
+  return ' (its download server is unreachable)' if download else ' (download disabled)'
+
+
+def _reachable(builder: tfds.core.DatasetBuilder, timeout: float = 5.0) -> bool:
+  """Whether every host the builder downloads from accepts a connection."""
+  for url in builder.url_infos or {}:
+    parts = urllib.parse.urlsplit(url)
+    try:
+      socket.create_connection((parts.hostname, parts.port or
+                                (443 if parts.scheme == 'https' else 80)), timeout).close()
+    except OSError:
+      logging.info('%s is unreachable: not downloading %s', parts.hostname, builder.name)
+      return False
+  return True
 
 
 def _prepared_builder(spec: _Spec, data_dir: str | None, manual_dir: pathlib.Path,
@@ -242,6 +283,8 @@ def _prepared_builder(spec: _Spec, data_dir: str | None, manual_dir: pathlib.Pat
       return builder
   for source, builder in zip(spec.sources, builders_):
     has_files = source.manual_files and all((manual_dir / f).exists() for f in source.manual_files)
+    if not has_files and not source.manual_files and download and not _reachable(builder):
+      return None  # offline: TFDS would retry its download for minutes
     if has_files or (not source.manual_files and download):
       logging.info('Preparing %s into %s (manual dir %s)', source.builder, builder.data_dir,
                    manual_dir if has_files else None)

@@ -13,7 +13,7 @@ asks which method runs.
 
 The registry is the directory: every module here that defines `METHODS` is
 found by `get_method`, and its `CONFIG` (config sections with their defaults)
-joins the run's config (`default_config_sections`, used by configs/default.py).
+joins the run's config (`config_fields`, used by configs/default.py).
 Task 0 is the same for every method (plain cross-entropy), so one task-0 model
 can be shared across methods, as in the paper.
 """
@@ -182,14 +182,15 @@ def get_method(name: str) -> Method:
   return registry[name]
 
 
-def default_config_sections() -> dict[str, ml_collections.ConfigDict]:
-  """Every config section a method or a stage I reads, with its defaults (each
-  module's `CONFIG`); configs/default.py adds them to the run's config."""
+def config_fields() -> dict[str, dict]:
+  """Every config section a method or a stage I reads, as fields with their
+  defaults and rules (each module's `CONFIG`, `config_fields.py`);
+  configs/default.py adds them to the run's config."""
   sections = dict(synthesis_kinds.CONFIG)
   for module in _method_modules():
     for name, section in getattr(module, 'CONFIG', {}).items():
       if name in sections:
         raise ValueError(f'config section {name!r} is defined twice ({module.__name__})')
       sections[name] = section
-  return {name: ml_collections.ConfigDict(section) for name, section in sections.items()}
+  return sections
 

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mfgr_jax import config_fields as F
 from mfgr_jax import losses, synthesis
 from mfgr_jax.classifier import ClassifierLoss, ReplayLoss
 from mfgr_jax.methods import Method, finetune, previous_model
@@ -45,8 +46,9 @@ ABD_TERMS = ('content', 'normalised_balance', 'bn_kl', 'smoothness')
 # code's --deep_inv_params 1e-3 5e1 1e-3 1e3 1: bn_kl 50, smoothness 1e-3, T 1000,
 # content 1); feature_distillation_weight mu (--mu 0.1).
 CONFIG = {'abd': dict(
-    generator_weights=dict(content=1.0, normalised_balance=1.0, bn_kl=50.0, smoothness=1e-3),
-    content_temperature=1000.0, feature_distillation_weight=0.1)}
+    generator_weights={name: F.number(weight) for name, weight in dict(
+        content=1.0, normalised_balance=1.0, bn_kl=50.0, smoothness=1e-3).items()},
+    content_temperature=F.positive_number(1000.0), feature_distillation_weight=F.number(0.1))}
 
 
 def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss | ReplayLoss:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mfgr_jax import config_fields as F
 from mfgr_jax import exemplars, losses, synthesis
 from mfgr_jax.classifier import ClassifierLoss, ReplayLoss
 from mfgr_jax.errors import UserError
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 # iCaRL (icarl, icarl_mfgr): exemplars kept in total over all seen classes,
 # split as evenly as possible and chosen by herding (iCaRL's K = 2000).
-CONFIG = {'icarl': dict(memory_size=2000)}
+CONFIG = {'icarl': dict(memory_size=F.positive_integer(2000))}
 
 
 def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:

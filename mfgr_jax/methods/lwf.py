@@ -7,6 +7,7 @@ on the same augmented batch. At task 0 lambda = 0 and this is plain CE.
 
 import ml_collections
 
+from mfgr_jax import config_fields as F
 from mfgr_jax import losses
 from mfgr_jax.classifier import ClassifierLoss
 from mfgr_jax.methods import Method, previous_model
@@ -14,7 +15,8 @@ from mfgr_jax.scenario import Task
 
 # Knowledge distillation of lwf and the methods built on it: soft-target CE at
 # this temperature, without Hinton's T^2 factor unless asked (the code has none).
-CONFIG = {'distillation': dict(temperature=2.0, scale_by_t_squared=False)}
+CONFIG = {'distillation': dict(temperature=F.positive_number(2.0),
+                               scale_by_t_squared=F.boolean(False))}
 
 
 def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:

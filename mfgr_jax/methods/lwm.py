@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mfgr_jax import config_fields as F
 from mfgr_jax import losses
 from mfgr_jax.classifier import ClassifierLoss
 from mfgr_jax.methods import Method, lwf, previous_model
@@ -24,7 +25,7 @@ from mfgr_jax.models.resnet import Forward, logits_from_feature_map
 from mfgr_jax.scenario import Task
 
 # LwM: LwF + attention_weight * L1 distance of normalised Grad-CAM maps (gamma; FACIL: 1).
-CONFIG = {'lwm': dict(attention_weight=1.0)}
+CONFIG = {'lwm': dict(attention_weight=F.number(1.0))}
 
 
 def grad_cam(forward: Forward, classes: jax.Array) -> jax.Array:

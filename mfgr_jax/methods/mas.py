@@ -27,14 +27,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mfgr_jax import config_fields as F
+from mfgr_jax import consolidation
 from mfgr_jax.methods import ewc, muc
 from mfgr_jax.scenario import Task
 
 if TYPE_CHECKING:
   from mfgr_jax.experiment import Experiment
 
-CONFIG = {'mas': dict(weight=1.0, accumulate='average', output_norm='l2',
-                      importance_batch_size=64)}
+CONFIG = {'mas': dict(weight=F.number(1.0),
+                      accumulate=F.choice('average', consolidation.ACCUMULATE),
+                      output_norm=F.choice('l2', ('l2', 'squared_l2', 'muc')),
+                      importance_batch_size=F.positive_integer(64))}
 
 # MUC-MAS's weight of the side classifiers' importance.
 SIDE_IMPORTANCE = 1.4
@@ -82,13 +86,8 @@ def consolidate_with_side_heads(experiment: Experiment, task: Task, variables: d
   return ewc.consolidated(config, variables, importance, previous)
 
 
-def _check_muc_mas(config: ml_collections.ConfigDict) -> None:
-  muc.check_config(config)
-  ewc.make_check('mas', make_output_norm)(config)
-
-
 _MAS = ewc.penalty_method('mas', 'mas', make_output_norm, jnp.abs)
 METHODS = (_MAS,
            dataclasses.replace(_MAS, name='muc_mas', sections=('mas', 'muc'),
                                after_task=consolidate_with_side_heads,
-                               check_config=_check_muc_mas, prepare=muc.load_auxiliary))
+                               prepare=muc.load_auxiliary))

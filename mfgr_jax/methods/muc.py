@@ -22,13 +22,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mfgr_jax import config_fields as F
 from mfgr_jax import classifier, keys, losses, parallel
-from mfgr_jax.data.loading import Dataset, load_dataset
+from mfgr_jax.data.loading import DATASETS, Dataset, load_dataset
 from mfgr_jax.errors import UserError
 from mfgr_jax.methods import Method, lwf, previous_model
 from mfgr_jax.scenario import Task
 from mfgr_jax.side_classifiers import side_logits, train_side_heads
-from mfgr_jax.validation import check_positive
 
 if TYPE_CHECKING:
   from mfgr_jax.experiment import Experiment
@@ -37,8 +37,10 @@ if TYPE_CHECKING:
 # discrepancy term on the training images of `auxiliary` (a `data.name`; SVHN
 # in the paper; synthetic ones are made in the main dataset's shape). MUC's
 # recipe: 3 heads, 80 epochs, SGD 0.1 divided by 10 at 1/2, 3/4 and 7/8.
-CONFIG = {'muc': dict(auxiliary='synthetic', side_heads=3, side_epochs=80,
-                      side_learning_rate=0.1, side_batch_size=128)}
+CONFIG = {'muc': dict(auxiliary=F.choice('synthetic', DATASETS), side_heads=F.positive_integer(3),
+                      side_epochs=F.positive_integer(80),
+                      side_learning_rate=F.positive_number(0.1),
+                      side_batch_size=F.positive_integer(128))}
 
 
 def make_loss(task: Task, config: ml_collections.ConfigDict) -> classifier.ClassifierLoss:
@@ -84,11 +86,6 @@ def side_heads_like(experiment: Experiment, task: Task) -> dict:
                          'bias': np.zeros((heads, task.num_new), np.float32)}}
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  check_positive(config, ('muc.side_heads', 'muc.side_epochs', 'muc.side_batch_size',
-                          'muc.side_learning_rate'))
-
-
 def load_auxiliary(experiment: Experiment) -> dict[str, Dataset]:
   """MUC's unlabelled images: `muc.auxiliary`, read like `data` (synthetic ones in
   the main dataset's shape)."""
@@ -108,4 +105,4 @@ def load_auxiliary(experiment: Experiment) -> dict[str, Dataset]:
 METHODS = (Method('muc_lwf', make_loss=make_loss, sections=('muc', 'distillation'),
                   teacher=previous_model, after_task=train_side_classifiers,
                   after_task_name='side_classifiers', state_like=side_heads_like,
-                  check_config=check_config, prepare=load_auxiliary),)
+                  prepare=load_auxiliary),)

@@ -46,6 +46,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from mfgr_jax import config_fields as F
 from mfgr_jax import classifier, keys, losses, parallel, synthesis
 from mfgr_jax.classifier import ClassifierLoss, ReplayLoss
 from mfgr_jax.methods import HeadPhase, Method, finetune, previous_model
@@ -53,7 +54,6 @@ from mfgr_jax.methods.abd import ABD_TERMS
 from mfgr_jax.models.layers import torch_bias_init, torch_kernel_init
 from mfgr_jax.models.resnet import LOSS_PARAMS, classify
 from mfgr_jax.scenario import Task
-from mfgr_jax.validation import check_positive
 
 if TYPE_CHECKING:
   from mfgr_jax.experiment import Experiment
@@ -65,10 +65,12 @@ if TYPE_CHECKING:
 # multiple of train.learning_rate: 0.005 / 0.1), CE weight; and how many
 # generator batches estimate the replayed class counts.
 CONFIG = {'rdfcil': dict(
-    generator_weights=dict(content=1.0, normalised_balance=1.0, bn_kl=50.0, smoothness=1e-3),
-    content_temperature=1000.0, lambda_ce=0.5, lambda_hkd=0.15, lambda_rkd=0.5,
-    head_phase_fraction=0.25, head_learning_rate_scale=0.05, head_ce_weight=0.5,
-    class_count_batches=4)}
+    generator_weights={name: F.number(weight) for name, weight in dict(
+        content=1.0, normalised_balance=1.0, bn_kl=50.0, smoothness=1e-3).items()},
+    content_temperature=F.positive_number(1000.0), lambda_ce=F.number(0.5),
+    lambda_hkd=F.number(0.15), lambda_rkd=F.number(0.5),
+    head_phase_fraction=F.positive_number(0.25), head_learning_rate_scale=F.positive_number(0.05),
+    head_ce_weight=F.number(0.5), class_count_batches=F.positive_integer(4))}
 
 
 def _factors(task: Task, config: ml_collections.ConfigDict) -> tuple[float, float, float]:
@@ -195,13 +197,8 @@ def head_optimizer(config: ml_collections.ConfigDict, steps: int) -> optax.Gradi
       train.momentum)
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  check_positive(config, ('rdfcil.head_phase_fraction', 'rdfcil.head_learning_rate_scale',
-                          'rdfcil.class_count_batches'))
-
-
 METHODS = (Method('rdfcil', make_loss=make_loss, sections=('rdfcil',), teacher=previous_model,
                   synthesis=synthesis.generator(ABD_TERMS, loss_section='rdfcil'),
-                  check_config=check_config, loss_params=projections,
+                  loss_params=projections,
                   head_phase=HeadPhase(steps=head_steps, make_loss=make_head_loss,
                                        optimizer=head_optimizer)),)

@@ -23,6 +23,8 @@ from mfgr_jax.models.layers import InputStatsBatchNorm, Linear, torch_kernel_ini
 _PAD1 = ((1, 1), (1, 1))
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+STEMS = ('cifar', 'imagenet')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 INTERMEDIATES, FEATURE_MAP = 'intermediates', 'feature_map'
 
 
@@ -110,9 +112,9 @@ def resnet(depth: int, num_classes: int, width: int = 64, stem: str = 'cifar',
   """
   if depth not in STAGE_BLOCKS:
     raise ValueError(f'depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}')
-  if stem not in ('cifar', 'imagenet'):
+  if stem not in STEMS:
     raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
-  if dtype not in ('float32', 'bfloat16'):
+  if dtype not in COMPUTE_DTYPES:
     raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {dtype!r}")
   return ResNet(num_classes=num_classes, stage_blocks=STAGE_BLOCKS[depth], width=width,
                 stem=stem, bn_axis_name=bn_axis_name, dtype=jnp.dtype(dtype))

@@ -3,6 +3,7 @@ what a run writes, equal results after resuming or kill -9, a shared task-0
 model, refusing a changed config or a busy workdir, one-line errors for bad input."""
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -81,8 +82,35 @@ def test_task0_model_can_be_shared_between_methods(smoke_config, tmp_path, lwf_r
   assert results['accuracy'][0] == reference['accuracy'][0]
   assert results['per_class_accuracy'][0] == reference['per_class_accuracy'][0]
   smoke_config.model.width = 8
-  with pytest.raises(UserError, match='different model'):
+  with pytest.raises(UserError, match="different model .* point init_from at a run of this "
+                     "dataset, class order, first task and model, or set it to ''"):
     train.run(smoke_config, str(tmp_path / 'wider'))
+
+
+@pytest.mark.parametrize('damage', ['delete', 'truncate', 'garbage', 'edit'])
+def test_a_rerun_of_a_finished_run_rewrites_missing_or_damaged_outputs(
+    smoke_config, tmp_path, lwf_run, damage, caplog):
+  workdir = tmp_path / 'run'
+  shutil.copytree(lwf_run[0], workdir)
+  intact = {name: (workdir / name).read_bytes() for name in ('results.json', 'report.md')}
+  for name in intact:
+    path = workdir / name
+    if damage == 'delete':
+      path.unlink()
+    elif damage == 'truncate':
+      path.write_bytes(intact[name][:len(intact[name]) // 2])
+    elif damage == 'garbage':
+      path.write_bytes(b'\xff\xfe\x00garbage')
+    else:
+      path.write_text(path.read_text().replace('9', '8'))
+  results = train.run(smoke_config, str(workdir))
+  assert comparable(results) == comparable(load_results(lwf_run[0]))
+  assert {name: (workdir / name).read_bytes() for name in intact} == intact
+  assert sum('missing or damaged: rewrote it from the checkpoints' in r.getMessage()
+             for r in caplog.records) == 2
+  caplog.clear()
+  train.run(smoke_config, str(workdir))  # whole outputs are left alone
+  assert not any('rewrote' in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize('field,value,difference', [
@@ -98,35 +126,24 @@ def test_resuming_with_another_config_is_refused(smoke_config, lwf_run, field, v
     train.run(smoke_config, str(lwf_run[0]))
 
 
+# Every field's own rule and the rules across fields have rows in test_config_fields.py
+# (through train.run); here, the command line's paths: its one stderr line, exit 2.
 @pytest.mark.parametrize('override,message', [
-    ('--config.method=ewc2', "unknown method 'ewc2'"),
-    ('--config.data.name=mnist', "unknown dataset 'mnist'"),
+    ('--config.method=ewc2', "method='ewc2' is not allowed: it must be one of 'abd', "),
+    ('--config.train.epochs=0', 'train.epochs=0 is not allowed: it must be an integer >= 1'),
     ('--config.scenario.increment=4', 'cannot split 6 classes'),
     ('--config.train.batch_size=1000', 'fewer than train.batch_size=1000'),
-    ('--config.scenario.num_tasks=9', 'scenario.num_tasks=9'),
     ('--config.trian.epochs=1', 'Did you mean "train"'),
     ('--config.train.epochs=abc', 'flag --config.train.epochs=abc'),
     ('--bogus=1', "Unknown command line flag 'bogus'"),
+    ('stray', 'unexpected argument(s) stray: options are --config, --workdir'),
     ('--config=configs/nope.py', 'config file configs/nope.py not found'),
     ('--config=configs/cifar100_5phase.py:res64', 'unknown config option'),
-    ('--config.method=mas --config.mas.output_norm=l3', 'mas.output_norm must be'),
-    ('--config.method=ewc --config.ewc.accumulate=max', "accumulate must be 'average' or 'sum'"),
-    ('--config.method=mas --config.mas.importance_batch_size=0', 'must be positive'),
-    ('--config.model.stem=foo', "stem must be 'cifar' or 'imagenet'"),
-    ('--config.model.compute_dtype=float16', "compute_dtype must be 'float32' or 'bfloat16'"),
     ('--num_processes=2', 'needs all of --coordinator_address, --num_processes and --process_id'),
-    ('--config.method=mfgr --config.generator.architecture=gan', 'unknown generator architecture'),
-    ('--config.log_every_steps=0', 'log_every_steps=0 must be positive'),
-    ('--config.on_nonfinite=ignore', "on_nonfinite='ignore' must be 'stop' or 'skip'"),
     ('--workdir=/proc/mfgr_jax_run', 'cannot write to workdir /proc/mfgr_jax_run'),
-    ('--config.method=deepinversion --config.deepinversion.batch_size=0',
-     'deepinversion.batch_size=0 must be positive'),
-    ('--config.method=deepinversion --config.deepinversion.jitter=-1', 'jitter=-1 must be >= 0'),
     ('--config.method=deepinversion --config.deepinversion.batches=1 '
      '--config.deepinversion.batch_size=2', 'cannot hold one image of each of 4 old classes'),
     ('--config.method=icarl --config.icarl.memory_size=5', 'leaves some of the 6 classes'),
-    ('--config.method=muc_lwf --config.muc.side_heads=0', 'muc.side_heads=0 must be positive'),
-    ('--config.method=muc_lwf --config.muc.auxiliary=svhn', "unknown dataset 'svhn'"),
     ('--config.method=muc_lwf --config.muc.auxiliary=svhn_cropped --config.data.data_dir=/nonexistent',
      'svhn_cropped'),
 ])
@@ -134,11 +151,40 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, override, message):
   args = override.split()
   if not any(arg.startswith('--workdir') for arg in args):
     args.append(f'--workdir={tmp_path}')
-  proc = run_main(f'--config={SMOKE}', *args, timeout=120)
-  assert proc.returncode == 2
+  assert message in one_line_error(run_main(f'--config={SMOKE}', *args, timeout=120))
+
+
+def one_line_error(proc) -> str:
+  """The only `mfgr_jax: error:` line of a run that exited 2 without a traceback."""
+  assert proc.returncode == 2, proc.stderr[-2000:]
   errors = [l for l in proc.stderr.splitlines() if l.startswith('mfgr_jax: error:')]
-  assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
-  assert 'Traceback' not in proc.stderr
+  assert len(errors) == 1 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  return errors[0]
+
+
+@pytest.mark.parametrize('source,message', [
+    ('def get_config(:\n', 'line 1: SyntaxError: invalid syntax; fix the file'),
+    ('x = 1\n', 'has no get_config(); a config file is a module whose get_config() returns'),
+    ('def get_config():\n  return {"seed": 0}\n',
+     'get_config() returned a dict, not an ml_collections.ConfigDict'),
+    ('def get_config():\n  return None\n', 'get_config() returned None'),
+    ('import no_such_module\n', "cannot load config file {file}: ModuleNotFoundError: No module "
+                                 "named 'no_such_module'"),
+    ('def get_config():\n  raise ValueError("no setting")\n', 'ValueError: no setting'),
+    ('from configs import default\n'
+     'def get_config():\n  config = default.get_config()\n  del config.train["momentum"]\n'
+     '  return config\n', 'config file {file} lacks the field train.momentum (default 0.9)'),
+    ('from configs import default\n'
+     'def get_config():\n  config = default.get_config()\n  config.train.epoch = 3\n'
+     '  return config\n', 'unknown field train.epoch (did you mean train.epochs?)'),
+])
+def test_a_broken_config_file_is_one_line_naming_it(tmp_path, source, message):
+  config_file = tmp_path / 'broken.py'
+  config_file.write_text(source)
+  error = one_line_error(run_main(f'--config={config_file}', f'--workdir={tmp_path / "run"}',
+                                  timeout=120))
+  assert message.format(file=config_file) in error and str(config_file) in error, error
+  assert not (tmp_path / 'run').exists()
 
 
 def test_a_second_run_on_a_busy_workdir_refuses(tmp_path):

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from mfgr_jax import parallel
-from mfgr_jax.errors import UserError
 from mfgr_jax.experiment import build_experiment
 from mfgr_jax.methods import get_method, rdfcil
 from mfgr_jax.models.resnet import LOSS_PARAMS, Forward
@@ -128,12 +127,3 @@ def test_class_counts_add_real_and_replayed_labels_over_the_stage(smoke_config, 
   # The same keys give the same estimate.
   np.testing.assert_array_equal(
       counts, rdfcil.replay_class_counts(experiment, task, generator_params, old_vars))
-
-
-@pytest.mark.parametrize('field', ['head_phase_fraction', 'head_learning_rate_scale',
-                                   'class_count_batches'])
-def test_non_positive_head_phase_settings_are_refused(smoke_config, tmp_path, field):
-  smoke_config.method = 'rdfcil'
-  smoke_config.rdfcil[field] = 0
-  with pytest.raises(UserError, match=f'rdfcil.{field}=0(.0)? must be positive'):
-    build_experiment(smoke_config, tmp_path)

@@ -41,7 +41,7 @@ def test_an_unknown_method_is_one_line_listing_the_choices():
 
 def test_every_section_a_method_reads_has_defaults_in_the_config():
   from configs import default
-  sections = methods.default_config_sections()
+  sections = methods.config_fields()
   config = default.get_config()
   for method in methods.all_methods().values():
     read = set(method.sections) | ({method.synthesis.section} - {''})
