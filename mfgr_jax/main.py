@@ -10,7 +10,6 @@ Cloud TPU, SLURM, Open MPI) or with the explicit coordinator flags; see
 `launch/`.
 """
 
-import logging as std_logging
 import os
 import pathlib
 import sys
@@ -22,10 +21,14 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-from mfgr_jax import parallel
-from mfgr_jax import train
+from mfgr_jax import console
+from mfgr_jax.console import rounded
 from mfgr_jax.errors import UserError, first_line
-from mfgr_jax.experiment import check_config
+
+with console.native_logs_hidden():  # they import TensorFlow
+  from mfgr_jax import parallel
+  from mfgr_jax import train
+  from mfgr_jax.experiment import check_config
 
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'default.py'
 
@@ -48,15 +51,6 @@ def default_workdir(config_path: str, method: str, seed: int) -> str:
   path, _, options = config_path.partition(':')
   name = pathlib.Path(path).stem + (f'-{options.replace(",", "-")}' if options else '')
   return str(pathlib.Path('workdirs') / f'{name}-{method}-seed{seed}')
-
-
-def _quiet_orbax(record) -> bool:
-  # Orbax logs every phase of every save at INFO; keep its warnings and errors, without
-  # the tracebacks of its background threads (our one-line error says what failed).
-  if '/orbax/' not in record.pathname:
-    return True
-  record.exc_info, record.exc_text = None, None
-  return record.levelno >= std_logging.WARNING
 
 
 def _quiet_closed_event_loops(unraisable) -> None:
@@ -134,7 +128,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f'unexpected argument(s) {" ".join(argv[1:])}: options are --config, --workdir and '
           '--config.FIELD=VALUE (see --helpshort)')
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+  console.install(verbose=flags.FLAGS.verbosity >= 1)
   sys.unraisablehook = _quiet_closed_event_loops
   config = _load_config()
   explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -163,7 +157,7 @@ def main(argv: list[str]) -> None:
           'permissions) and run the same command again: it resumes from the last complete '
           'checkpoint')
   if parallel.is_main_process():
-    print(f"mfgr_jax: done; accuracy per task {[round(a, 2) for a in results['accuracy']]}, "
+    print(f"mfgr_jax: done; accuracy after each task {' '.join(map(rounded, results['accuracy']))}, "
           f"results in {pathlib.Path(workdir).absolute() / 'results.json'}", flush=True)
 
 

@@ -15,6 +15,7 @@ from clu import periodic_actions
 import jax
 import numpy as np
 
+from mfgr_jax import console
 from mfgr_jax import numerics
 from mfgr_jax import parallel
 from mfgr_jax import preemption
@@ -67,6 +68,9 @@ class StageRunner:
     at the current step and raises `Interrupted`.
     """
     first_step, seconds_before = int(state.step), seconds.get(stage, 0.0)
+    if first_step < total_steps:
+      logging.info('task %d %s: steps %d to %d (the first compiles the step)', task.index, stage,
+                   first_step + 1, total_steps)
     start, timed_from, unchecked = time.time(), None, []
     for i in range(first_step, total_steps):
       inputs = (batches(i),) + arguments if batches is not None else arguments
@@ -84,7 +88,8 @@ class StageRunner:
         self._check_finite(stage, task, unchecked)
         unchecked = []
       if log:
-        self._report(stage, task, i + 1, total_steps, global_step, metrics)
+        self._report(stage, task, i + 1, total_steps, global_step, metrics,
+                     console.pace(i + 1, total_steps, timed_from))
       if save or stop:
         seconds[stage] = seconds_before + time.time() - start
         self.save(stage, task, i + 1, global_step, {stage: state, **(saved_with_state or {})},
@@ -116,17 +121,20 @@ class StageRunner:
     self.writer.write_images(global_step, {f'{stage}/samples': grid[None]})
 
   def _report(self, stage: str, task: Task, step: int, total_steps: int, global_step: int,
-              metrics: dict) -> None:
+              metrics: dict, pace: str) -> None:
     scalars = {f'{stage}/{k}': float(v) for k, v in metrics.items() if np.ndim(v) == 0}
     self.writer.write_scalars(global_step, scalars)
-    line = ', '.join(f'{k.split("/", 1)[1]} {v:.4f}' for k, v in scalars.items())
+    # The console: the loss terms (the skipped-update flag only when set).
+    line = ', '.join(f'{k.split("/", 1)[1]} {v:.4g}' for k, v in scalars.items()
+                     if k != f'{stage}/{numerics.SKIPPED}' or v)
     if 'class_counts' in metrics:  # histogram of the old model's argmax on generated images
       counts = np.asarray(metrics['class_counts']).astype(int)
       self.writer.write_histograms(
           global_step, {f'{stage}/predicted_class': np.repeat(np.arange(len(counts)), counts)},
           num_buckets={f'{stage}/predicted_class': len(counts)})
       line += f', predicted classes {counts.tolist()}'
-    logging.info('task %d %s step %d/%d: %s', task.index, stage, step, total_steps, line)
+    logging.info('task %d %s step %d/%d (%s): %s', task.index, stage, step, total_steps, pace,
+                 line)
 
   def _check_finite(self, stage: str, task: Task, steps: list[tuple[int, dict]]) -> None:
     """Stops (NonFiniteLoss) or counts the steps whose update was skipped as non-finite."""
@@ -145,3 +153,4 @@ class StageRunner:
         f'task {task.index} {stage} step {step}: {what} not finite; the update was not applied '
         f'and the run stopped; {self.checkpoints.latest_description()}; lower the learning '
         'rate or the loss weights, or set --config.on_nonfinite=skip to skip such updates')
+

@@ -9,7 +9,6 @@ derived from `config.seed`, the task index and the step (`keys.py`), so a
 resumed run replays exactly the stream of an uninterrupted one.
 """
 
-import json
 import pathlib
 import time
 from typing import Any
@@ -29,6 +28,7 @@ from mfgr_jax import preemption
 from mfgr_jax import report
 from mfgr_jax import workdir as workdirs
 from mfgr_jax.checkpoints import Checkpoints
+from mfgr_jax.console import rounded
 from mfgr_jax.data.sampler import BatchSampler
 from mfgr_jax.errors import Interrupted
 from mfgr_jax.experiment import Experiment, build_experiment, check_config
@@ -294,6 +294,7 @@ def save_task(experiment: Experiment, task: Task, variables: dict, method_state:
   if parallel.is_main_process():
     report.write_json(experiment.workdir / 'results.json', results)
     report.write_atomic(experiment.workdir / 'report.md', report.results_markdown(results))
-  logging.info('After task %d: accuracy %.2f%% (old %s, new %.2f%%) per task %s', task.index,
-               metrics['accuracy'], metrics['old_accuracy'], metrics['new_accuracy'],
-               json.dumps([round(a, 2) for a in metrics['task_accuracies']]))
+  logging.info('After task %d: accuracy %s%% (old %s, new %s); per task %s', task.index,
+               rounded(metrics['accuracy']), rounded(metrics['old_accuracy']),
+               rounded(metrics['new_accuracy']),
+               ' '.join(rounded(a) for a in metrics['task_accuracies']))

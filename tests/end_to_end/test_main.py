@@ -3,7 +3,10 @@ what a run writes, equal results after resuming or kill -9, a shared task-0
 model, refusing a changed config or a busy workdir, one-line errors for bad input."""
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -13,8 +16,8 @@ from tensorboard.backend.event_processing import event_accumulator
 from mfgr_jax import train
 from mfgr_jax.errors import UserError
 
-from conftest import (SMOKE, comparable, kill_9_after_checkpoint, load_results, run_main,
-                      start_main)
+from conftest import (REPO, SMOKE, comparable, env, kill_9_after_checkpoint, load_results,
+                      run_main, start_main)
 
 
 @pytest.fixture(scope='module')
@@ -46,6 +49,25 @@ def test_smoke_run_writes_results_report_and_tensorboard(lwf_run):
   events.Reload()
   tags = set(events.Tags()['scalars']) | set(events.Tags()['tensors'])
   assert {'classifier/loss', 'classifier/kd', 'eval/accuracy', 'eval/old_accuracy'} <= tags
+
+
+def test_the_console_shows_only_the_projects_own_lines(lwf_run, tmp_path):
+  """Every stderr line of a run is ours (time, then message); and without the tests'
+  TF_CPP_MIN_LOG_LEVEL, TensorFlow's native import notices are hidden too."""
+  _, proc = lwf_run
+  lines = proc.stderr.splitlines()
+  assert lines and all(re.match(r'\d\d:\d\d:\d\d ', line) for line in lines), lines[:5]
+  assert any(re.search(r'task 2 classifier step 18/18 \([\d.]+ steps/s, 0:00:00 left\): ce ',
+                       line) for line in lines)
+  assert any(line.endswith('After task 0: accuracy 100.00% (old –, new 100.00); per task 100.00')
+             for line in lines)
+  plain_env = {k: v for k, v in env(1).items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  refused = subprocess.run([sys.executable, '-m', 'mfgr_jax.main', f'--config={SMOKE}',
+                            '--config.train.epochs=0', f'--workdir={tmp_path}'], cwd=REPO,
+                           env=plain_env, capture_output=True, text=True, timeout=120)
+  assert refused.stderr.splitlines() == [
+      'mfgr_jax: error: train.epochs=0 is not allowed: it must be an integer >= 1; fix '
+      '--config.train.epochs'], refused.stderr
 
 
 def test_same_config_same_results(smoke_config, tmp_path, lwf_run):
