@@ -13,7 +13,6 @@ classes after the last task with the wall time of each stage, per-class accuracy
 DIR/accuracy_curves.png and DIR/old_new.png that it embeds.
 """
 
-import argparse
 import json
 import os
 import pathlib
@@ -21,6 +20,7 @@ import shlex
 import sys
 from typing import Any, Sequence
 
+from absl import flags
 import numpy as np
 import PIL.Image
 
@@ -358,27 +358,47 @@ def _reference(runs: Runs, requested: str | None) -> str | None:
   return requested
 
 
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog='python -m mfgr_jax.report',
-      description='Writes DIR/report.md and its charts from the results.json of several runs '
-                  'of one setting (methods x seeds).')
-  parser.add_argument('runs', nargs='+', help='workdirs of runs')
-  parser.add_argument('--out', required=True, help='folder to write report.md and the charts to')
-  parser.add_argument('--groups', action='append', default=[], metavar='NAME=IDS',
-                      help='a named group of dataset label ids, e.g. "fine-grained=0,2,4,6"')
-  parser.add_argument('--classes', metavar='IDS',
-                      help='dataset label ids for the per-class table, e.g. 0,2,4')
-  parser.add_argument('--reference', metavar='METHOD',
-                      help='the method that avg. improvement compares with (default: mfgr if '
-                           'present, else no such column)')
-  parser.add_argument('--title', default='Comparison of runs')
-  return parser
+def _flag_values() -> flags.FlagValues:
+  """The command line's flags, absl's as `main`'s (in their own FlagValues, so that
+  importing this module adds nothing to a run's flags)."""
+  values = flags.FlagValues()
+  flags.DEFINE_string('out', None, 'folder to write report.md and the charts to',
+                      flag_values=values)
+  flags.DEFINE_multi_string('groups', [], 'a named group of dataset label ids, e.g. '
+                            '"fine-grained=0,2,4,6" (repeatable)', flag_values=values)
+  flags.DEFINE_string('classes', None, 'dataset label ids for the per-class table, e.g. 0,2,4',
+                      flag_values=values)
+  flags.DEFINE_string('reference', None, 'the method that avg. improvement compares with '
+                      '(default: mfgr if present, else no such column)', flag_values=values)
+  flags.DEFINE_string('title', 'Comparison of runs', 'the report\'s title', flag_values=values)
+  return values
+
+
+_USAGE = ('python -m mfgr_jax.report RUN_WORKDIR... --out DIR [--groups NAME=IDS]... '
+          '[--classes IDS] [--reference METHOD] [--title TEXT]: writes DIR/report.md and its '
+          'charts from the results.json of several runs of one setting (methods x seeds).')
+
+
+def _parse(argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
+  """(the flags, the run workdirs) of the command line `argv`."""
+  values = _flag_values()
+  if {'-h', '--help', '--helpshort'} & set(argv):
+    print(f'{_USAGE}\n\n{values.get_help()}')
+    raise SystemExit(0)
+  try:
+    runs = values(['mfgr_jax.report', *argv])[1:]
+  except flags.Error as e:
+    raise _error(f'{e}; see --help') from None
+  if not runs:
+    raise _error('name the workdirs of the runs to compare; see --help')
+  if not values.out:
+    raise _error('--out=DIR is required: the folder for report.md and its charts')
+  return values, runs
 
 
 def main(argv: Sequence[str]) -> None:
-  args = _parser().parse_args(argv)
-  runs = load_runs(args.runs)
+  args, run_dirs = _parse(argv)
+  runs = load_runs(run_dirs)
   groups = dict(_group(spec) for spec in args.groups)
   classes = _label_ids(args.classes, '--classes') if args.classes else []
   _check_labels(runs, classes + [label for labels in groups.values() for label in labels])

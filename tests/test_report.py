@@ -139,10 +139,34 @@ def test_charts_are_written_and_embedded(tmp_path):
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 8
 
 
-def test_line_chart_leaves_out_missing_points():
-  image = plots.line_chart([1, 2, 3], {'a': [50.0, None, None], 'b': [10.0, 20.0, 30.0]},
-                           'title', 'x', 'y', size=(400, 300))
-  assert image.shape == (300, 400, 3) and image.dtype == np.uint8
+def colour_share(image: np.ndarray, colour: str) -> float:
+  """The fraction of `image`'s pixels within a few levels of `colour` ('#rrggbb')."""
+  rgb = np.asarray([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+  return float(np.mean(np.all(np.abs(image.astype(int) - rgb) < 12, axis=-1)))
+
+
+# Matplotlib's first two cycle colours: the first and the second series.
+FIRST, SECOND = '#1f77b4', '#ff7f0e'
+
+
+def test_line_chart_draws_each_series_and_leaves_out_missing_points():
+  both = plots.line_chart([1, 2, 3], {'a': [50.0, None, None], 'b': [10.0, 20.0, 30.0]},
+                          'title', 'x', 'y', size=(400, 300))
+  assert both.shape == (300, 400, 3) and both.dtype == np.uint8
+  one_point, line = colour_share(both, FIRST), colour_share(both, SECOND)
+  assert 0 < one_point < line  # a's single marker, b's line and markers
+  without_a = plots.line_chart([1, 2, 3], {'a': [None, None, None], 'b': [10.0, 20.0, 30.0]},
+                               'title', 'x', 'y', size=(400, 300))
+  assert colour_share(without_a, FIRST) < 0.8 * one_point  # only its legend entry is left
+
+
+def test_bar_chart_bars_grow_with_their_values():
+  low = plots.bar_chart(['lwf', 'mfgr'], {'old': [10.0, 10.0], 'new': [20.0, None]}, 't', 'x',
+                        'y', size=(400, 300))
+  high = plots.bar_chart(['lwf', 'mfgr'], {'old': [80.0, 80.0], 'new': [20.0, None]}, 't', 'x',
+                         'y', size=(400, 300))
+  assert colour_share(high, FIRST) > 4 * colour_share(low, FIRST) > 0
+  assert colour_share(high, SECOND) == pytest.approx(colour_share(low, SECOND), rel=0.05)
 
 
 def test_unfinished_run_is_reported(tmp_path):
