@@ -64,7 +64,10 @@ def get_fields() -> dict:
                  stem=F.choice('cifar', STEMS), compute_dtype=F.choice('float32', COMPUTE_DTYPES)),
       train=dict(epochs=F.positive_integer(2), batch_size=F.positive_integer(128),
                  learning_rate=F.positive_number(0.1), momentum=F.number(0.9, below=1.0),
-                 weight_decay=F.number(5e-4)),
+                 weight_decay=F.number(5e-4),
+                 # Task 0's own budget (PyCIL's init_epochs / init_lr); 0 = as the
+                 # other tasks. Part of what a shared task-0 model (init_from) must match.
+                 init_epochs=F.integer(0), init_learning_rate=F.number(0.0)),
       eval_batch_size=F.positive_integer(1000),
       # A step whose loss or gradient is NaN/Inf is never applied; then 'stop' ends
       # the run naming the step and the terms, 'skip' counts it (results.json's

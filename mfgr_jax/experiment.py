@@ -80,8 +80,18 @@ class Experiment:
   def steps_per_epoch(self, task: Task) -> int:
     return self.train_count(task) // self.config.train.batch_size
 
+  def train_settings(self, task: Task) -> ml_collections.ConfigDict:
+    """`config.train` for `task`: at task 0, `init_epochs` and `init_learning_rate`
+    replace the epochs and learning rate where set (PyCIL's init_epochs / init_lr)."""
+    train = self.config.train
+    settings = ml_collections.ConfigDict(train.to_dict())
+    if task.index == 0:
+      settings.epochs = train.init_epochs or train.epochs
+      settings.learning_rate = train.init_learning_rate or train.learning_rate
+    return settings
+
   def total_steps(self, task: Task) -> int:
-    return self.config.train.epochs * self.steps_per_epoch(task)
+    return self.train_settings(task).epochs * self.steps_per_epoch(task)
 
   def head_steps(self, task: Task) -> int:
     """Steps of the method's head phase in `task`: none at task 0, without a head
@@ -100,7 +110,18 @@ class Experiment:
             'images': {k: data[k] for k in ('max_train_per_class', 'max_test_per_class',
                                             'image_size')},
             'class_order': self.order, 'tasks': [list(t.classes) for t in self.tasks],
-            'model': self.config.model.to_dict(), **self.method.fingerprint(self.config)}
+            'model': self.config.model.to_dict(), **self._task0_budget(),
+            **self.method.fingerprint(self.config)}
+
+  def _task0_budget(self) -> dict:
+    """Task 0's own epochs and learning rate, where set: a task-0 model shared with
+    `init_from` must have been trained with them. (Absent when unset, so that the
+    fingerprints of runs without them stay as they were.)"""
+    train = self.config.train
+    if not (train.init_epochs or train.init_learning_rate):
+      return {}
+    settings = self.train_settings(self.tasks[0])
+    return {'task0_budget': {'epochs': settings.epochs, 'learning_rate': settings.learning_rate}}
 
   def in_batches(self, step: Callable, variables: dict, images: np.ndarray) -> np.ndarray:
     """`step(variables, batch)` of a data-parallel eval step over `images`, in

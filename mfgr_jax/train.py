@@ -169,7 +169,7 @@ def train_classifier(experiment: Experiment, task: Task, previous: dict | None, 
   config, method = experiment.config, experiment.method
   replays = experiment.synthesis_steps(task) > 0
   total_steps = experiment.total_steps(task)
-  tx = classifier.make_optimizer(config.train, total_steps)
+  tx = classifier.make_optimizer(experiment.train_settings(task), total_steps)
   state = classifier.init_train_state(*initial_variables(experiment, task, previous), tx)
   if resume and resume['stage'] == 'classifier':
     state, replay_arrays = _restore_stage('classifier', experiment, runner, state, replays)

@@ -21,7 +21,7 @@ from mfgr_jax.scenario import Task
 
 # What a shared task-0 model must agree on: task 0 trains the same way for
 # every method (plain CE, no stage I).
-_TASK0_FINGERPRINT = ('dataset', 'images', 'class_order', 'tasks', 'model')
+_TASK0_FINGERPRINT = ('dataset', 'images', 'class_order', 'tasks', 'model', 'task0_budget')
 
 
 @dataclasses.dataclass
@@ -69,11 +69,12 @@ def locked(workdir: pathlib.Path) -> Iterator[None]:
 
 def check_fingerprint(saved: dict, expected: dict, where: str,
                       fix: str = 'use a new --workdir, or delete that one to start over') -> None:
-  differences = [k for k in expected if saved.get(k) != expected[k]]
+  # Both ways: a key only one side has (task0_budget) is a difference too.
+  differences = [k for k in {**expected, **saved} if saved.get(k) != expected.get(k)]
   if differences:
     raise UserError(
         f'{where} was made with a different {", ".join(differences)} than this config '
-        f'(saved {saved.get(differences[0])!r}, now {expected[differences[0]]!r}); {fix}')
+        f'(saved {saved.get(differences[0])!r}, now {expected.get(differences[0])!r}); {fix}')
 
 
 def load_task0(experiment: Experiment, task: Task) -> tuple[dict, str]:
@@ -83,10 +84,11 @@ def load_task0(experiment: Experiment, task: Task) -> tuple[dict, str]:
   saved = other.task_meta(0)['fingerprint']
   expected = {k: v for k, v in experiment.fingerprint().items() if k in _TASK0_FINGERPRINT}
   expected['tasks'] = expected['tasks'][:1]
-  saved = {**saved, 'tasks': saved['tasks'][:1]}
+  saved = {k: v for k, v in saved.items() if k in _TASK0_FINGERPRINT}
+  saved['tasks'] = saved['tasks'][:1]
   check_fingerprint(saved, expected, f'the task-0 model in {source}',
-                    'point init_from at a run of this dataset, class order, first task and model, '
-                    "or set it to '' to train task 0 here")
+                    'point init_from at a run of this dataset, class order, first task, model and '
+                    "task-0 budget (train.init_*), or set it to '' to train task 0 here")
   variables, _ = other.restore_task(0, experiment.variables_like(task.num_seen))
   other.close()
   return variables, str(source)

@@ -50,6 +50,8 @@ HOSTILE = {
     'train.learning_rate': [0.0, -0.1, math.nan, math.inf],
     'train.momentum': [-0.1, 1.0],
     'train.weight_decay': [-1e-4],
+    'train.init_epochs': [-1, 1.5],
+    'train.init_learning_rate': [-0.1, math.nan],
     'eval_batch_size': [0],
     'on_nonfinite': ['ignore'],
     'log_every_steps': [0],

@@ -28,6 +28,20 @@ def test_an_explicit_class_order_maps_labels_to_outputs_and_leaves_out_the_rest(
   assert experiment.total_steps(experiment.tasks[0]) == 18
 
 
+def test_task_0_may_have_its_own_epochs_and_learning_rate(smoke_config, tmp_path):
+  smoke_config.train.init_epochs = 5
+  smoke_config.train.init_learning_rate = 0.05
+  experiment = build_experiment(smoke_config, tmp_path)
+  first, second = experiment.tasks[:2]
+  assert experiment.total_steps(first) == 5 * 6 and experiment.total_steps(second) == 3 * 6
+  assert experiment.train_settings(first).learning_rate == 0.05
+  assert experiment.train_settings(second).learning_rate == smoke_config.train.learning_rate
+  assert experiment.fingerprint()['task0_budget'] == {'epochs': 5, 'learning_rate': 0.05}
+  smoke_config.train.init_epochs, smoke_config.train.init_learning_rate = 0, 0.0
+  unset = build_experiment(smoke_config, tmp_path)
+  assert unset.total_steps(first) == 3 * 6 and 'task0_budget' not in unset.fingerprint()
+
+
 def test_generated_batch_per_class_balance(smoke_config, tmp_path):
   smoke_config.method = 'mfgr'
   smoke_config.scenario.base_classes = 4

@@ -105,8 +105,23 @@ def test_task0_model_can_be_shared_between_methods(smoke_config, tmp_path, lwf_r
   assert results['per_class_accuracy'][0] == reference['per_class_accuracy'][0]
   smoke_config.model.width = 8
   with pytest.raises(UserError, match="different model .* point init_from at a run of this "
-                     "dataset, class order, first task and model, or set it to ''"):
+                     "dataset, class order, first task, model and task-0 budget"):
     train.run(smoke_config, str(tmp_path / 'wider'))
+
+
+def test_a_task0_model_with_its_own_budget_is_shared_only_with_that_budget(smoke_config, tmp_path):
+  smoke_config.train.init_epochs = 1
+  smoke_config.scenario.num_tasks = 1
+  source = train.run(smoke_config, str(tmp_path / 'source'))
+  smoke_config.method = 'finetune'
+  smoke_config.init_from = str(tmp_path / 'source')
+  shared = train.run(smoke_config, str(tmp_path / 'shared'))
+  assert shared['task0_from'] == str(tmp_path / 'source')
+  assert shared['accuracy'] == source['accuracy']
+  smoke_config.train.init_epochs = 0  # task 0 would take train.epochs: not that model
+  with pytest.raises(UserError, match=r"different task0_budget than this config \(saved \{'epochs': "
+                                     r"1, 'learning_rate': 0.1\}, now None\)"):
+    train.run(smoke_config, str(tmp_path / 'other'))
 
 
 @pytest.mark.parametrize('damage', ['delete', 'truncate', 'garbage', 'edit'])
