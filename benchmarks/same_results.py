@@ -41,8 +41,7 @@ import time
 METHODS = ('finetune', 'lwf', 'oracle', 'ewc', 'mas', 'muc_mas', 'lwm', 'muc_lwf', 'icarl',
            'icarl_mfgr', 'mfgr', 'lwf_g_bn', 'g_bn', 'lwf_g_base', 'deepinversion', 'abd', 'rdfcil')
 SETTINGS = {
-    # FACIL's EWC weight 5000 diverges on smoke (stops with exit 4 at task 1).
-    'smoke': ('configs/smoke.py', ('--config.ewc.weight=50',)),
+    'smoke': ('configs/smoke.py', ()),
     'finegrained': ('configs/fashion_finegrained.py', (
         '--config.data.max_train_per_class=64', '--config.train.epochs=1',
         '--config.generator.steps=10', '--config.deepinversion.iterations=5',

@@ -4,9 +4,14 @@ L = CE over the new-class logits + weight/2 * sum_i F_i (theta_i - theta*_i)^2.
 F is the diagonal Fisher at the model's own prediction y^ (FACIL's
 `max_pred`): the mean over the finished task's training images of
 (d log p(y^|x) / d theta)^2, one gradient per image; merged across tasks as
-`ewc.accumulate` says; backbone only. FACIL's weight is 5000. Unlike FACIL, the
-gradients are per image (FACIL squares batch-mean gradients) and the model is in
-eval mode (FACIL's is in train mode), so the Fisher is that of the model evaluated.
+`ewc.accumulate` says; backbone only. Unlike FACIL, the gradients are per image
+(FACIL squares batch-mean gradients, which shrinks the Fisher by up to the batch
+size) and the model is in eval mode (FACIL's is in train mode), so the Fisher is
+that of the model evaluated. Hence the default weight is 50, not FACIL's 5000:
+SGD on the penalty alone is stable while lr * weight * max F < 2 (1 + momentum),
+and the largest Fisher entry here is about 0.2 (Fashion-MNIST and the smoke
+config), so at lr 0.1 the weight must stay below about 190; 5000 diverges there
+within the first penalised task.
 
 This module also holds what every quadratic-penalty method shares (`mas.py`
 uses it): the penalised loss, the importance after a task, the state
@@ -33,7 +38,7 @@ if TYPE_CHECKING:
 # Quadratic penalties on the backbone (consolidation.py): weight/2 * sum Omega
 # (theta - theta*)^2; Omega merged over tasks by 'average' (FACIL) or 'sum'.
 # importance_batch_size: images per step of the per-example gradients.
-CONFIG = {'ewc': dict(weight=F.number(5000.0),
+CONFIG = {'ewc': dict(weight=F.number(50.0),
                       accumulate=F.choice('average', consolidation.ACCUMULATE),
                       importance_batch_size=F.positive_integer(64))}
 
