@@ -60,8 +60,12 @@ def get_fields() -> dict:
       # stem: 'cifar' (3x3, no pooling) or 'imagenet' (7x7/2 + max-pool, for 224x224).
       # compute_dtype: 'bfloat16' for mixed precision on GPU/TPU (parameters, BN
       # statistics and losses stay float32); XLA's CPU is no faster in bfloat16.
+      # init_weights: '' = random; else a .safetensors file of an ImageNet-pretrained
+      # torchvision/timm ResNet-18/34 (stem 'imagenet', width 64) whose backbone task 0
+      # starts from (mfgr_jax/models/pretrained.py; the paper's CUB/Caltech setting).
       model=dict(depth=F.choice(18, tuple(sorted(STAGE_BLOCKS))), width=F.positive_integer(16),
-                 stem=F.choice('cifar', STEMS), compute_dtype=F.choice('float32', COMPUTE_DTYPES)),
+                 stem=F.choice('cifar', STEMS), compute_dtype=F.choice('float32', COMPUTE_DTYPES),
+                 init_weights=F.text('')),
       train=dict(epochs=F.positive_integer(2), batch_size=F.positive_integer(128),
                  learning_rate=F.positive_number(0.1), momentum=F.number(0.9, below=1.0),
                  weight_decay=F.number(5e-4),

@@ -69,8 +69,7 @@ def cifar100(base_classes: int, increment: int, arg: str | None) -> ml_collectio
   config.data.name = 'cifar100'
   config.scenario.base_classes = base_classes
   config.scenario.increment = increment
-  config.model = ml_collections.ConfigDict(dict(depth=34, width=64, stem='cifar',
-                                                compute_dtype='float32'))
+  config.model.update(dict(depth=34, width=64, stem='cifar', compute_dtype='float32'))
   return shrink_for_debug(config) if 'debug' in options else config
 
 
@@ -96,8 +95,10 @@ def cub(class_order: tuple[int, ...], base_classes: int, increment: int, name: s
   crop by 28 pixels (1/8 of the side, as 4 of CIFAR's 32); 100 epochs; 10k
   generator steps at batch 64 (a 256-pixel generator with a ResNet-18 teacher
   at 224 does not fit 512 per step on one accelerator); 128 generated images
-  per replay step. The paper's ResNet-18 is ImageNet-pretrained; this one
-  starts from scratch (no pretrained weights are loaded).
+  per replay step. The paper's ResNet-18 is ImageNet-pretrained: give its
+  weights with `--config.model.init_weights=resnet18.safetensors` (timm's
+  `resnet18.a1_in1k` file, or a converted torchvision checkpoint; see
+  mfgr_jax/models/pretrained.py); without them it starts from scratch.
   """
   options = parse_arg(arg)
   config = _common()
@@ -109,8 +110,7 @@ def cub(class_order: tuple[int, ...], base_classes: int, increment: int, name: s
   config.scenario.class_order = ','.join(map(str, class_order))
   config.scenario.base_classes = base_classes
   config.scenario.increment = increment
-  config.model = ml_collections.ConfigDict(dict(depth=18, width=64, stem='imagenet',
-                                                compute_dtype='float32'))
+  config.model.update(dict(depth=18, width=64, stem='imagenet', compute_dtype='float32'))
   config.train.epochs = 100
   config.eval_batch_size = 200
   config.generator.architecture = 'pyramid'

@@ -20,6 +20,7 @@ from mfgr_jax.data.loading import subsample_per_class
 from mfgr_jax.errors import UserError
 from mfgr_jax.methods import Method, get_method
 from mfgr_jax.models.generator import Generator
+from mfgr_jax.models.pretrained import load_torch_resnet
 from mfgr_jax.models.resnet import resnet
 from mfgr_jax.scenario import Task, class_order, listed_classes, make_tasks
 
@@ -45,6 +46,15 @@ class Experiment:
     return resnet(self.config.model.depth, num_classes, self.config.model.width,
                   self.config.model.stem, bn_axis_name=parallel.AXIS,
                   dtype=self.config.model.compute_dtype)
+
+  def new_model(self, num_classes: int, key: jax.Array) -> tuple[dict, dict]:
+    """(params, batch_stats) of a new model: initialised from `key`, with the backbone
+    of `model.init_weights` (a pretrained torchvision/timm ResNet) if set."""
+    variables = self.model(num_classes).init(
+        key, jnp.zeros((1,) + self.dataset.image_shape, jnp.float32), train=False)
+    if self.config.model.init_weights:
+      variables = load_torch_resnet(self.config.model.init_weights, variables)
+    return variables['params'], variables['batch_stats']
 
   def variables_like(self, num_classes: int) -> dict:
     """Host arrays shaped like the model's variables: a target for restoring."""
@@ -147,6 +157,9 @@ def check_config(config: ml_collections.ConfigDict, source: str = 'the config') 
   if image_shape(config.data) is None:
     raise UserError(f'{config.data.name} has images of different sizes; set '
                     '--config.data.image_size (e.g. 224) to resize them to one square size')
+  if config.model.init_weights and not pathlib.Path(config.model.init_weights).expanduser().is_file():
+    raise UserError(f'model.init_weights={config.model.init_weights} is not a file; give the '
+                    '.safetensors file of a torchvision/timm ResNet-18/34, or set it to \'\'')
   if config.init_from and not (pathlib.Path(config.init_from).expanduser() / 'checkpoints' /
                                'tasks' / '0').exists():
     raise UserError(f'init_from={config.init_from} has no task-0 checkpoint (checkpoints/tasks/0);'

@@ -16,7 +16,6 @@ from typing import Any
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -141,14 +140,12 @@ def learn_task(experiment: Experiment, task: Task, previous: dict | None, method
 
 
 def initial_variables(experiment: Experiment, task: Task, previous: dict | None) -> tuple[Any, Any]:
-  """(params, batch_stats) the task starts from: a new model at task 0, else the
+  """(params, batch_stats) the task starts from: a new model at task 0 (with the
+  pretrained backbone of `model.init_weights`, if set), else the
   previous one with its head widened to the seen classes; with the parameters
   the method's loss owns, if any, under `LOSS_PARAMS`."""
   if previous is None:
-    image = jnp.zeros((1,) + experiment.dataset.image_shape, jnp.float32)
-    variables = experiment.model(task.num_seen).init(experiment.task_key(task, keys.INIT), image,
-                                                     train=False)
-    params, batch_stats = variables['params'], variables['batch_stats']
+    params, batch_stats = experiment.new_model(task.num_seen, experiment.task_key(task, keys.INIT))
   else:
     params = widen_head(previous['params'], task.num_seen, experiment.task_key(task, keys.HEAD))
     batch_stats = previous['batch_stats']

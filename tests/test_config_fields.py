@@ -45,6 +45,7 @@ HOSTILE = {
     'model.width': [0, -16],
     'model.stem': ['foo'],
     'model.compute_dtype': ['float16'],
+    'model.init_weights': [3, None],
     'train.epochs': [0, -3, 1.5],
     'train.batch_size': [0],
     'train.learning_rate': [0.0, -0.1, math.nan, math.inf],
@@ -190,6 +191,8 @@ def test_a_bad_value_of_any_field_is_refused_in_one_line_before_any_work(
      "'pyramid' generator needs an image size of 4 times a power of 2"),
     (dict(data__name='caltech101'), 'caltech101 has images of different sizes'),
     (dict(init_from='/nonexistent/run'), 'init_from=/nonexistent/run has no task-0 checkpoint'),
+    (dict(model__init_weights='/nonexistent/resnet18.safetensors'),
+     'model.init_weights=/nonexistent/resnet18.safetensors is not a file'),
 ])
 def test_rules_across_fields_refuse_before_any_work(change, words, smoke_config, tmp_path,
                                                     no_data):
