@@ -14,19 +14,26 @@ import pytest
 from conftest import REPO, env
 
 
-def _run(devices):
-  proc = subprocess.run([sys.executable, str(REPO / 'tests' / 'data_parallel_steps.py')],
-                        cwd=REPO, env=dict(env(devices), PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 DEVICE_COUNTS = (1, 2, 8)
 
 
 @pytest.fixture(scope='module')
-def per_device_count():
-  return {devices: _run(devices) for devices in DEVICE_COUNTS}
+def per_device_count(tmp_path_factory):
+  """What `data_parallel_steps.py` prints on each device count. The three runs are
+  independent and spend most of their time compiling (which leaves part of a
+  2-core machine idle), so they run at once; output goes to files, not pipes."""
+  root = tmp_path_factory.mktemp('data_parallel')
+  procs = {}
+  for devices in DEVICE_COUNTS:
+    with open(root / f'{devices}.stdout', 'w') as out, open(root / f'{devices}.stderr', 'w') as err:
+      procs[devices] = subprocess.Popen(
+          [sys.executable, str(REPO / 'tests' / 'data_parallel_steps.py')], cwd=REPO,
+          env=dict(env(devices), PYTHONPATH=str(REPO)), stdout=out, stderr=err, text=True)
+  results = {}
+  for devices, proc in procs.items():
+    assert proc.wait(timeout=900) == 0, (root / f'{devices}.stderr').read_text()[-3000:]
+    results[devices] = json.loads((root / f'{devices}.stdout').read_text().strip().splitlines()[-1])
+  return results
 
 
 @pytest.mark.parametrize('name', ['lwf', 'lwm', 'generator', 'generator_abd', 'pixels', 'replay0',
