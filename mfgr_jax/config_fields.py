@@ -67,7 +67,8 @@ def number(default: float, minimum: float = 0.0, above: bool = False,
   allowed = f'a number {">" if above else ">="} {minimum:g}'
   if below is not None:
     allowed += f' and < {below:g}'
-  return Field(default, allowed, lambda v: _is_number(v) and (v > minimum if above else v >= minimum)
+  return Field(default, allowed,
+               lambda v: _is_number(v) and (v > minimum if above else v >= minimum)
                and (below is None or v < below))
 
 

@@ -157,7 +157,8 @@ def check_config(config: ml_collections.ConfigDict, source: str = 'the config') 
   if image_shape(config.data) is None:
     raise UserError(f'{config.data.name} has images of different sizes; set '
                     '--config.data.image_size (e.g. 224) to resize them to one square size')
-  if config.model.init_weights and not pathlib.Path(config.model.init_weights).expanduser().is_file():
+  weights = config.model.init_weights
+  if weights and not pathlib.Path(weights).expanduser().is_file():
     raise UserError(f'model.init_weights={config.model.init_weights} is not a file; give the '
                     '.safetensors file of a torchvision/timm ResNet-18/34, or set it to \'\'')
   if config.init_from and not (pathlib.Path(config.init_from).expanduser() / 'checkpoints' /

@@ -157,8 +157,9 @@ def main(argv: list[str]) -> None:
           'permissions) and run the same command again: it resumes from the last complete '
           'checkpoint')
   if parallel.is_main_process():
-    print(f"mfgr_jax: done; accuracy after each task {' '.join(map(rounded, results['accuracy']))}, "
-          f"results in {pathlib.Path(workdir).absolute() / 'results.json'}", flush=True)
+    accuracy = ' '.join(map(rounded, results['accuracy']))
+    print(f'mfgr_jax: done; accuracy after each task {accuracy}, results in '
+          f"{pathlib.Path(workdir).absolute() / 'results.json'}", flush=True)
 
 
 if __name__ == '__main__':

@@ -100,7 +100,8 @@ def load_torch_resnet(path: str, variables: dict) -> dict:
       wanted = _get(loaded[collection], target).shape
     except KeyError:
       raise UserError(f'{where} holds {key}, but the model (model.depth, model.stem) has no '
-                      f'{"/".join(target)}; use the depth and the imagenet stem of the file') from None
+                      f'{"/".join(target)}; use the depth and the imagenet stem of the '
+                      'file') from None
     value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value
     if value.shape != wanted:
       raise UserError(f'{where}: {key} has shape {value.shape} (ours: HWIO) but the model needs '
