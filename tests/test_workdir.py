@@ -77,3 +77,11 @@ def test_every_different_field_is_named():
   del saved['distillation']  # a section the saving run's method did not read
   with pytest.raises(UserError, match='different class_order, method, distillation than'):
     workdir.check_fingerprint(saved, FINGERPRINT, 'workdir w')
+
+
+def test_a_field_only_the_saved_run_has_is_a_difference():
+  """E.g. a task-0 model made with its own budget (task0_budget), reused without one."""
+  saved = {**FINGERPRINT, 'task0_budget': {'epochs': 5, 'learning_rate': 0.05}}
+  with pytest.raises(UserError, match=r"different task0_budget than this config \(saved "
+                                      r"\{'epochs': 5, 'learning_rate': 0.05\}, now None\)"):
+    workdir.check_fingerprint(saved, FINGERPRINT, 'workdir w')

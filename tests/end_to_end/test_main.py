@@ -151,7 +151,7 @@ def test_a_rerun_of_a_finished_run_rewrites_missing_or_damaged_outputs(
 
 
 @pytest.mark.parametrize('field,value,difference', [
-    ('method', 'finetune', 'different method'),
+    ('method', 'finetune', 'different method, distillation'),  # finetune reads no such section
     ('model.width', 8, 'different model'),
     ('scenario.class_order', '5,4,3,2,1,0', 'different class_order, tasks'),
     ('data.max_train_per_class', 64, 'different images'),
