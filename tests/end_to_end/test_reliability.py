@@ -18,9 +18,10 @@ def _error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def test_nan_in_a_loss_stops_naming_step_term_and_checkpoint(tmp_path):
-  # A NaN weight makes stage I's total loss NaN from its first step.
+  # A weight near float32's largest (allowed: NaN is refused with the config)
+  # overflows stage I's total loss to infinity from its first step.
   proc = run_main(f'--config={SMOKE}', f'--workdir={tmp_path}', '--config.method=mfgr',
-                  '--config.generator.weights.diversity=nan')
+                  '--config.generator.weights.bn_statistics=3e38')
   assert proc.returncode == 4
   line = _error_line(proc)
   assert 'task 1 generator step 1: loss not finite; the update was not applied' in line
@@ -29,8 +30,10 @@ def test_nan_in_a_loss_stops_naming_step_term_and_checkpoint(tmp_path):
 
 
 def test_infinite_parameters_are_caught_and_skipped_on_request(tmp_path):
-  # lr = inf: the first update would make the parameters infinite; it is never applied.
-  args = (f'--config={SMOKE}', '--config.train.learning_rate=inf', '--config.scenario.num_tasks=1')
+  # lr and weight decay 3e38 (finite, allowed; inf is refused with the config): every
+  # update would make the parameters infinite, so none is ever applied.
+  args = (f'--config={SMOKE}', '--config.train.learning_rate=3e38',
+          '--config.train.weight_decay=3e38', '--config.scenario.num_tasks=1')
   stopped = run_main(f'--workdir={tmp_path / "stop"}', *args)
   assert stopped.returncode == 4
   assert 'task 0 classifier step 1: a gradient or new parameter not finite' in _error_line(stopped)
