@@ -23,8 +23,13 @@ from typing import Any
 # process and every run the tests start: most tests run the same smoke shapes,
 # and compiling them, not training, is most of a smoke run's time (measured:
 # 59 s cold, 19 s warm, identical results). Set before jax is imported.
-_XLA_CACHE = tempfile.mkdtemp(prefix='mfgr_jax_test_xla_cache_')
-atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+# With pytest-xdist, the workers inherit the cache of the process that started them
+# (MFGR_JAX_TEST_XLA_CACHE), which alone removes it at the end.
+_XLA_CACHE = os.environ.get('MFGR_JAX_TEST_XLA_CACHE')
+if _XLA_CACHE is None:
+  _XLA_CACHE = tempfile.mkdtemp(prefix='mfgr_jax_test_xla_cache_')
+  os.environ['MFGR_JAX_TEST_XLA_CACHE'] = _XLA_CACHE
+  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 # And XLA's CPU backend at optimisation level 0: compiling, not running, is most of
 # a test's time, and level 0 compiles 25-30 % faster (measured: tests/methods/
 # test_mas.py 120 s -> 90 s, data_parallel_steps.py 213 s -> 149 s). Every
