@@ -15,7 +15,7 @@ from mfgr_jax import classifier
 from mfgr_jax import config_fields
 from mfgr_jax import keys
 from mfgr_jax import parallel
-from mfgr_jax.data.loading import Dataset, image_shape, load_dataset, num_classes
+from mfgr_jax.data.loading import Dataset, check_one_image_size, load_dataset, num_classes
 from mfgr_jax.data.loading import subsample_per_class
 from mfgr_jax.errors import UserError
 from mfgr_jax.methods import Method, get_method
@@ -154,9 +154,7 @@ def check_config(config: ml_collections.ConfigDict, source: str = 'the config') 
   parallel.check_divisible(config.train.batch_size, 'train.batch_size')
   parallel.check_divisible(config.eval_batch_size, 'eval_batch_size')
   planned_tasks(config)
-  if image_shape(config.data) is None:
-    raise UserError(f'{config.data.name} has images of different sizes; set '
-                    '--config.data.image_size (e.g. 224) to resize them to one square size')
+  check_one_image_size(config.data)
   weights = config.model.init_weights
   if weights and not pathlib.Path(weights).expanduser().is_file():
     raise UserError(f'model.init_weights={config.model.init_weights} is not a file; give the '

@@ -164,10 +164,8 @@ def load_dataset(config: ml_collections.ConfigDict,
         f'{sorted({f for s in spec.sources for f in s.manual_files})} in {manual_dir}'
         f'{_download_note(spec, config.download)}; fix: {spec.how_to_get}, or '
         'set --config.data.manual_dir to where the files are')
+  check_one_image_size(config)
   native_shape = builder.info.features['image'].shape
-  if None in native_shape and not config.image_size:
-    raise UserError(f'{config.name} has images of different sizes; set --config.data.image_size '
-                    '(e.g. 224) to resize them to one square size')
   wanted = None if labels is None else np.asarray(sorted(labels))
   train, test = (_read_split(builder, split, wanted, config.image_size, native_shape[-1])
                  for split in ('train', 'test'))
@@ -195,6 +193,13 @@ def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int] | Non
   if config.image_size:
     return (config.image_size,) * 2 + (native[-1] if native else 3,)
   return native
+
+
+def check_one_image_size(config: ml_collections.ConfigDict) -> None:
+  """Refuses photographs of any size without an `image_size` to resize them to."""
+  if image_shape(config) is None:
+    raise UserError(f'{config.name} has images of different sizes; set --config.data.image_size '
+                    '(e.g. 224) to resize them to one square size')
 
 
 def _read_split(builder: tfds.core.DatasetBuilder, split: str, wanted: np.ndarray | None,

@@ -22,6 +22,7 @@ import pathlib
 import re
 from typing import Any
 
+import jax
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
@@ -72,10 +73,6 @@ def _set(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:
   tree[path[-1]] = value
 
 
-def _copy(tree: Any) -> Any:
-  return {k: _copy(v) for k, v in tree.items()} if isinstance(tree, dict) else np.asarray(tree)
-
-
 def load_torch_resnet(path: str, variables: dict) -> dict:
   """`variables` ({'params', 'batch_stats'} of our ResNet, the template) with every
   backbone weight replaced by the file's; the head is kept. Raises a one-line
@@ -86,7 +83,8 @@ def load_torch_resnet(path: str, variables: dict) -> dict:
   except (OSError, SafetensorError) as e:
     raise UserError(f'{where} cannot be read ({e}); give a .safetensors file of a '
                     'torchvision/timm ResNet-18 or ResNet-34') from None
-  loaded = {'params': _copy(variables['params']), 'batch_stats': _copy(variables['batch_stats'])}
+  loaded = jax.tree.map(np.array, {'params': variables['params'],
+                                   'batch_stats': variables['batch_stats']})
   filled = set()
   for key, value in weights.items():
     if _UNUSED.fullmatch(key):
