@@ -8,7 +8,8 @@ model (`init_from`) into OUT/<method>, with nothing else overridden, and prints
 a row per method: finished or the one-line error, its accuracy after each task
 and the updates skipped as non-finite. A finished method's workdir is reused, so
 the command resumes. Exits 1 if any method did not finish. About a minute per
-method on 2 CPU cores (mostly compiling), so it is a benchmark, not a test.
+method on 2 CPU cores (mostly compiling). The same runs are a test:
+tests/end_to_end/test_every_method.py.
 """
 
 import argparse

@@ -17,7 +17,7 @@ XLA_FLAGS=--xla_force_host_platform_device_count=N).
 import argparse
 import platform
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -68,7 +68,20 @@ def peak_matmul_flops() -> float:
   return 5 * 2 * 2048**3 / (time.perf_counter() - start)
 
 
-def measure(setting: str, steps: int, compute_dtype: str) -> list[dict]:
+class Setting(NamedTuple):
+  """The models of one setting, their variables, and its steps ready to call."""
+  config: Any
+  image_shape: tuple[int, int, int]
+  task: Task
+  augment: dict
+  variables: dict  # host copies: 'student', 'teacher' ({params, batch_stats}), 'generator'
+  steps: list[tuple[str, Any, Callable[[], Any], tuple, int]]  # name, step, fresh state, args, images
+
+
+def build(setting: str, compute_dtype: str = 'float32') -> Setting:
+  """The steps a run of SETTING spends its time in, on random batches of its shape:
+  finetune's and LwF's classifier steps, MFGR's stage I generator step and stage
+  II replay step, each with a function making a fresh (replicated) state."""
   get_config, shape, num_old, num_seen = SETTINGS[setting]
   config = get_config()
   task = Task(1, tuple(range(num_old, num_seen)), num_old, num_seen)
@@ -79,7 +92,8 @@ def measure(setting: str, steps: int, compute_dtype: str) -> list[dict]:
                    bn_axis_name=parallel.AXIS, dtype=compute_dtype)
   image = jnp.zeros((1,) + shape)
   model_vars = parallel.to_host(model.init(jax.random.PRNGKey(0), image, train=False))
-  teacher_vars = parallel.replicate(teacher.init(jax.random.PRNGKey(1), image, train=False))
+  teacher_host = parallel.to_host(teacher.init(jax.random.PRNGKey(1), image, train=False))
+  teacher_vars = parallel.replicate(teacher_host)
   rng = np.random.default_rng(0)
   rows = parallel.local_rows(batch_size)
   batch = parallel.shard({
@@ -94,21 +108,13 @@ def measure(setting: str, steps: int, compute_dtype: str) -> list[dict]:
     return parallel.replicate(classifier.init_train_state(
         model_vars['params'], model_vars['batch_stats'], tx))
 
-  rows_out = []
-
-  def record(name, step, state, arguments, images_per_step):
-    flops = _flops(step, state, *arguments)
-    _, seconds = _time(step, state, arguments, steps)
-    rows_out.append({'setting': setting, 'step': name, 'batch': images_per_step,
-                     'images_per_second': images_per_step / seconds,
-                     'milliseconds': 1000 * seconds, 'flops': flops})
-
+  steps = []
   for method in ('finetune', 'lwf'):
     uses_teacher = method == 'lwf'  # finetune runs no teacher
     step = classifier.make_train_step(model, tx, get_method(method).make_loss(task, config),
                                       augment, teacher if uses_teacher else None)
-    record(method, step, fresh_state(),
-           (batch, teacher_vars if uses_teacher else None, None), batch_size)
+    steps.append((method, step, fresh_state,
+                  (batch, teacher_vars if uses_teacher else None, None), batch_size))
 
   generator_config = config.generator
   generator = Generator(shape[0], shape[-1], generator_config.latent_dim,
@@ -117,19 +123,34 @@ def measure(setting: str, steps: int, compute_dtype: str) -> list[dict]:
   generator_tx = inversion.make_optimizer(generator_config)
   generator_step = inversion.make_generator_step(generator, teacher, generator_tx,
                                                  generator_config, MFGR_TERMS)
-  generator_state = inversion.init_state(generator, jax.random.PRNGKey(3), generator_tx)
-  generator_params = parallel.to_host(generator_state.params)  # the timed steps donate the state
-  record('generator (stage I)', generator_step, parallel.replicate(generator_state),
-         (teacher_vars, jax.random.PRNGKey(4)), generator_config.batch_size)
+  generator_state = parallel.to_host(
+      inversion.init_state(generator, jax.random.PRNGKey(3), generator_tx))
+  steps.append(('generator (stage I)', generator_step,
+                lambda: parallel.replicate(generator_state),
+                (teacher_vars, jax.random.PRNGKey(4)), generator_config.batch_size))
 
   generated = config.replay.generated_batch_size or batch_size
   replay_step = classifier.make_replay_step(
       model, tx, get_method('mfgr').make_loss(task, config), augment, teacher,
       classifier.generator_source(generator, generated), config.replay.single_pass)
-  record('replay (stage II)', replay_step, fresh_state(),
-         (batch, teacher_vars, parallel.replicate(generator_params),
-          jax.random.PRNGKey(5)), batch_size)
-  return rows_out
+  steps.append(('replay (stage II)', replay_step, fresh_state,
+                (batch, teacher_vars, parallel.replicate(generator_state.params),
+                 jax.random.PRNGKey(5)), batch_size))
+  variables = {'student': model_vars, 'teacher': teacher_host,
+               'generator': generator_state.params}
+  return Setting(config, shape, task, augment, variables, steps)
+
+
+def measure(setting: str, steps: int, compute_dtype: str) -> list[dict]:
+  rows = []
+  for name, step, fresh_state, arguments, images_per_step in build(setting, compute_dtype).steps:
+    state = fresh_state()
+    flops = _flops(step, state, *arguments)
+    _, seconds = _time(step, state, arguments, steps)
+    rows.append({'setting': setting, 'step': name, 'batch': images_per_step,
+                 'images_per_second': images_per_step / seconds,
+                 'milliseconds': 1000 * seconds, 'flops': flops})
+  return rows
 
 
 def machine_peak(peak_per_device: float) -> float:

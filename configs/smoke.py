@@ -25,4 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.generator.diversity_pairs = 8
   config.generator.log_every_steps = 4
   config.replay.generated_batch_size = 32
+  config.deepinversion.iterations = 12
+  config.deepinversion.batch_size = 32
+  config.deepinversion.log_every_steps = 4
   return config

@@ -1,6 +1,6 @@
 """Runs two steps of each train step on fixed global batches; prints what they produced.
 
-`test_data_parallel.py` runs this on 1 and on 2 simulated CPU devices and
+`test_data_parallel.py` runs this on 1 and on 8 simulated CPU devices and
 compares. Not a test module itself (no `test_` prefix).
 """
 

@@ -35,8 +35,9 @@ _BN_FIELDS = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
 _UNUSED = re.compile(r'fc\..*|.*\.num_batches_tracked')
 
 
-def _our_place(key: str) -> tuple[str, tuple[str, ...]] | None:
-  """(collection, path) of a PyTorch key in our variables; None if it has none."""
+def torch_key_place(key: str) -> tuple[str, tuple[str, ...]] | None:
+  """(collection, path) of a torchvision ResNet's state-dict key in our variables
+  (the mapping above); None if it has none (the head, `num_batches_tracked`)."""
   module, _, field = key.rpartition('.')
   block = _BLOCK.fullmatch(module)
   if block:
@@ -89,7 +90,7 @@ def load_torch_resnet(path: str, variables: dict) -> dict:
   for key, value in weights.items():
     if _UNUSED.fullmatch(key):
       continue
-    place = _our_place(key)
+    place = torch_key_place(key)
     if place is None:
       raise UserError(f'{where} holds {key}, which our ResNet has no place for (a ResNet-18/34 '
                       'of BasicBlocks is expected; see mfgr_jax/models/pretrained.py)')

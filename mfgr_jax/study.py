@@ -1,0 +1,175 @@
+"""A study: methods x seeds of one config, each seed's methods from one shared
+task-0 model, every finished run's small outputs kept (e.g. in the repository),
+so that the study survives interruptions, days and machines.
+
+  python -m mfgr_jax.study --config configs/fashion_finegrained.py:full \\
+      --methods finetune,lwf,mfgr --seeds 0,1,2 --keep docs/fashion_finegrained_full/runs \\
+      [--workdirs workdirs/fashion_finegrained_full] [--commit] \\
+      [--method_args abd=--config.replay.single_pass=True] [-- MORE --config.X=Y ARGS]
+
+Per seed, task 0 is trained once (`--config.method=finetune
+--config.scenario.num_tasks=1`, into WORKDIRS/seed<s>/task0), and each method
+runs the whole scenario from it (`--config.init_from`) in WORKDIRS/seed<s>/<method>,
+as `python -m mfgr_jax.main` in its own process. When a run finishes, its
+results.json, config.json and sample grids are copied to KEEP/<method>-seed<s>/
+(task 0's to KEEP/task0-seed<s>/) and, with --commit, committed to git at once
+(that folder only). A run whose kept results.json holds every task is skipped;
+an unfinished one resumes from its workdir's checkpoint, as main does when run
+again. On another machine (no workdirs) a seed's task-0 model is trained again
+from the same config and seed before its remaining methods run.
+`python -m mfgr_jax.report KEEP/*` reads the kept folders.
+"""
+
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+from absl import flags
+from absl import logging
+
+from mfgr_jax import console
+from mfgr_jax.errors import UserError
+from mfgr_jax.methods import get_method
+
+KEPT_FILES = ('results.json', 'config.json')
+
+
+def _flag_values() -> flags.FlagValues:
+  """The command line's flags, in their own FlagValues (as `report`'s)."""
+  values = flags.FlagValues()
+  flags.DEFINE_string('config', None, 'the config file (with :ARG if it takes one)',
+                      flag_values=values)
+  flags.DEFINE_list('methods', [], 'the methods to run, comma-separated', flag_values=values)
+  flags.DEFINE_list('seeds', ['0', '1', '2'], 'the seeds, comma-separated', flag_values=values)
+  flags.DEFINE_string('keep', None, "the folder that keeps every finished run's outputs",
+                      flag_values=values)
+  flags.DEFINE_string('workdirs', 'workdirs/study', 'where the runs train (their checkpoints)',
+                      flag_values=values)
+  flags.DEFINE_multi_string('method_args', [], "METHOD=--config.X=Y: an argument for one "
+                            "method's runs (repeatable)", flag_values=values)
+  flags.DEFINE_bool('commit', False, 'git-commit each kept run as it finishes',
+                    flag_values=values)
+  return values
+
+
+def is_finished(folder: pathlib.Path) -> bool:
+  """Whether the run in `folder` (a workdir or a kept run) evaluated every task it
+  planned: its config's `scenario.num_tasks` (0: all of results.json's tasks)."""
+  if not (folder / 'results.json').exists():
+    return False
+  results = json.loads((folder / 'results.json').read_text())
+  planned = json.loads((folder / 'config.json').read_text())['scenario']['num_tasks']
+  return len(results['accuracy']) == (planned or len(results['tasks']))
+
+
+def keep_run(workdir: pathlib.Path, kept: pathlib.Path, commit: bool) -> None:
+  """Copies a finished run's results.json, config.json and sample grids to `kept`
+  (results.json last, so a half-copied folder does not count as kept); commits it."""
+  if kept.exists():
+    shutil.rmtree(kept)
+  (kept / 'samples').mkdir(parents=True)
+  for grid in sorted((workdir / 'samples').glob('*.png')):
+    shutil.copy2(grid, kept / 'samples' / grid.name)
+  for name in reversed(KEPT_FILES):
+    shutil.copy2(workdir / name, kept / name)
+  if commit:  # in the repository that holds `kept`, that folder only
+    folder = str(kept.resolve())
+    subprocess.run(['git', '-C', folder, 'add', '--', folder], check=True)
+    subprocess.run(['git', '-C', folder, 'commit', '-q', '-m', f'study: {kept.name} finished',
+                    '--', folder], check=True)
+
+
+def run_main(config: str, workdir: pathlib.Path, args: Sequence[str]) -> None:
+  """`python -m mfgr_jax.main` on one run; its console passes through."""
+  command = [sys.executable, '-m', 'mfgr_jax.main', f'--config={config}',
+             f'--workdir={workdir}', *args]
+  logging.info('study: %s', ' '.join(command[2:]))
+  status = subprocess.run(command, check=False).returncode
+  if status:
+    raise UserError(f'the run in {workdir} stopped with exit status {status} (its error is '
+                    'above); fix it and run the same study command again to go on')
+
+
+def run_study(config: str, methods: Sequence[str], seeds: Sequence[int], keep: pathlib.Path,
+              workdirs: pathlib.Path, method_args: dict[str, list[str]], extra: Sequence[str],
+              commit: bool) -> list[pathlib.Path]:
+  """Runs what is not kept yet; returns the kept folders of every run, in order."""
+  kept_runs = []
+  for seed in seeds:
+    seed_args = [f'--config.seed={seed}', *extra]
+    task0 = workdirs / f'seed{seed}' / 'task0'
+    pending = [m for m in methods if not is_finished(keep / f'{m}-seed{seed}')]
+    if pending and not is_finished(task0):
+      run_main(config, task0, seed_args + ['--config.method=finetune',
+                                           '--config.scenario.num_tasks=1'])
+    if is_finished(task0) and not (keep / f'task0-seed{seed}').exists():
+      keep_run(task0, keep / f'task0-seed{seed}', commit)
+    for method in methods:
+      kept = keep / f'{method}-seed{seed}'
+      kept_runs.append(kept)
+      if method not in pending:
+        logging.info('study: %s is kept already; skipped', kept)
+        continue
+      start = time.time()
+      workdir = workdirs / f'seed{seed}' / method
+      run_main(config, workdir, seed_args + [f'--config.method={method}',
+                                             f'--config.init_from={task0}',
+                                             *method_args.get(method, [])])
+      keep_run(workdir, kept, commit)
+      logging.info('study: %s finished in %.0f s; kept in %s', workdir, time.time() - start,
+                   kept)
+  return kept_runs
+
+
+def _parse(argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
+  """(the flags, the arguments after `--` for every run) of the command line `argv`."""
+  values = _flag_values()
+  if {'-h', '--help', '--helpshort'} & set(argv):
+    print(f'{__doc__}\n{values.get_help()}')
+    raise SystemExit(0)
+  try:
+    extra = values(['mfgr_jax.study', *argv])[1:]
+  except flags.Error as e:
+    raise UserError(f'{e}; see --help') from None
+  for name in ('config', 'keep'):
+    if not values[name].value:
+      raise UserError(f'--{name} is required; see --help')
+  if not values.methods:
+    raise UserError('--methods=A,B,... is required: the methods to run')
+  for method in values.methods:
+    get_method(method)  # a one-line error for an unknown one, before any run
+  if not all(seed.isdigit() for seed in values.seeds):
+    raise UserError(f'--seeds={",".join(values.seeds)} must be integers, e.g. 0,1,2')
+  if any(not arg.startswith('--config.') for arg in extra):
+    raise UserError(f'after --, give only --config.X=Y arguments for every run, got {extra}')
+  return values, extra
+
+
+def _method_args(items: Sequence[str]) -> dict[str, list[str]]:
+  parsed: dict[str, list[str]] = {}
+  for item in items:
+    method, sep, argument = item.partition('=')
+    if not sep or not argument.startswith('--config.'):
+      raise UserError(f'--method_args={item} is not METHOD=--config.X=Y')
+    parsed.setdefault(method, []).append(argument)
+  return parsed
+
+
+def main(argv: Sequence[str]) -> None:
+  try:
+    values, extra = _parse(argv)
+    kept = run_study(values.config, values.methods, [int(s) for s in values.seeds],
+                     pathlib.Path(values.keep), pathlib.Path(values.workdirs),
+                     _method_args(values.method_args), extra, values.commit)
+  except UserError as e:
+    raise SystemExit(f'mfgr_jax.study: error: {e}') from None
+  print('\n'.join(['mfgr_jax.study: every run is kept:'] + [str(k) for k in kept]))
+
+
+if __name__ == '__main__':
+  console.install(verbose=False)
+  main(sys.argv[1:])

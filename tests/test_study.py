@@ -1,0 +1,95 @@
+"""The study runner (study.py): real runs kept and committed as they finish,
+skipped when kept, the shared task-0 model trained again on a machine without
+the workdirs, and one-line errors before any run."""
+
+import json
+import subprocess
+
+import pytest
+
+from mfgr_jax import study
+
+from conftest import SMOKE, load_results
+
+SHORT = ['--config.scenario.num_tasks=2', '--config.train.epochs=1']
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+  """An empty git repository that the kept runs are committed to."""
+  for name in ('AUTHOR', 'COMMITTER'):
+    monkeypatch.setenv(f'GIT_{name}_NAME', 'test')
+    monkeypatch.setenv(f'GIT_{name}_EMAIL', 'test@example.com')
+  root = tmp_path / 'repo'
+  subprocess.run(['git', 'init', '-q', str(root)], check=True)
+  return root
+
+
+def _commits(repo) -> list[str]:
+  log = subprocess.run(['git', '-C', str(repo), 'log', '--format=%s'], check=True,
+                       capture_output=True, text=True).stdout
+  return log.splitlines()[::-1]
+
+
+def test_finished_runs_are_kept_committed_and_then_skipped(repo, tmp_path, monkeypatch):
+  keep, workdirs = repo / 'runs', tmp_path / 'workdirs'
+  kept = study.run_study(SMOKE, ['finetune'], [0], keep, workdirs, {}, SHORT, commit=True)
+  assert kept == [keep / 'finetune-seed0']
+  assert _commits(repo) == ['study: task0-seed0 finished', 'study: finetune-seed0 finished']
+  for name, workdir in (('task0-seed0', workdirs / 'seed0' / 'task0'),
+                        ('finetune-seed0', workdirs / 'seed0' / 'finetune')):
+    assert load_results(keep / name) == load_results(workdir)
+    assert json.loads((keep / name / 'config.json').read_text())['seed'] == 0
+  results = load_results(keep / 'finetune-seed0')
+  assert results['task0_from'] == str(workdirs / 'seed0' / 'task0')
+  assert len(results['accuracy']) == 2
+  # Run again: everything is kept, so nothing runs.
+  monkeypatch.setattr(study, 'run_main', lambda *a: pytest.fail(f'ran {a}'))
+  assert study.run_study(SMOKE, ['finetune'], [0], keep, workdirs, {}, SHORT, commit=True) == kept
+  assert len(_commits(repo)) == 2
+
+
+def _write_run(folder, accuracy, num_tasks=0):
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / 'config.json').write_text(json.dumps({'scenario': {'num_tasks': num_tasks}}))
+  (folder / 'results.json').write_text(json.dumps({'tasks': [[0, 1], [2, 3]],
+                                                   'accuracy': accuracy}))
+
+
+def test_another_machine_trains_task0_again_then_only_what_is_not_kept(tmp_path, monkeypatch):
+  keep, workdirs = tmp_path / 'runs', tmp_path / 'elsewhere'
+  _write_run(keep / 'lwf-seed0', [90.0, 50.0])
+  _write_run(keep / 'mfgr-seed0', [90.0])  # unfinished (one task of two): it runs again
+  calls = []
+
+  def fake_main(config, workdir, args):
+    calls.append((workdir.name, args))
+    _write_run(workdir, [90.0] if workdir.name == 'task0' else [90.0, 60.0],
+               1 if workdir.name == 'task0' else 0)
+
+  monkeypatch.setattr(study, 'run_main', fake_main)
+  study.run_study(SMOKE, ['lwf', 'mfgr'], [0], keep, workdirs,
+                  {'mfgr': ['--config.generator.steps=5']}, ['--config.train.epochs=1'], False)
+  task0 = workdirs / 'seed0' / 'task0'
+  assert calls == [
+      ('task0', ['--config.seed=0', '--config.train.epochs=1', '--config.method=finetune',
+                 '--config.scenario.num_tasks=1']),
+      ('mfgr', ['--config.seed=0', '--config.train.epochs=1', '--config.method=mfgr',
+                f'--config.init_from={task0}', '--config.generator.steps=5'])]
+  assert study.is_finished(keep / 'mfgr-seed0') and study.is_finished(keep / 'task0-seed0')
+  assert load_results(keep / 'mfgr-seed0')['accuracy'] == [90.0, 60.0]
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--methods=lwf,ewc2', '--keep=k'], "unknown method 'ewc2'"),
+    (['--methods=lwf'], '--keep is required'),
+    (['--methods=lwf', '--keep=k', '--seeds=0,x'], '--seeds=0,x must be integers'),
+    (['--methods=lwf', '--keep=k', '--method_args=lwf'], 'is not METHOD=--config.X=Y'),
+    (['--methods=lwf', '--keep=k', '--', 'stray'], 'give only --config.X=Y arguments'),
+])
+def test_bad_command_lines_are_one_line_before_any_run(args, message, monkeypatch):
+  monkeypatch.setattr(study, 'run_main', lambda *a: pytest.fail(f'ran {a}'))
+  with pytest.raises(SystemExit) as error:
+    study.main([f'--config={SMOKE}', *args])
+  text = str(error.value)
+  assert text.startswith('mfgr_jax.study: error: ') and '\n' not in text and message in text
