@@ -25,6 +25,7 @@ PyTorch's threads more than XLA's.
 """
 
 import argparse
+import ctypes
 import json
 import os
 import pathlib
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable
 
 import jax
 import numpy as np
@@ -45,6 +47,17 @@ from mfgr_jax.models.pretrained import torch_key_place
 from mfgr_jax.models.resnet import STAGE_BLOCKS, resnet
 
 TORCH_STEPS = pathlib.Path(__file__).with_name('torch_steps.py')
+# glibc keeps memory freed by a step (its mmap threshold grows), so each process would
+# hold the peaks of all its earlier steps while the other runs (at the ResNet-34 replay
+# step both together overflowed 24 GiB). So both sides give it back between steps,
+# before the next step's warm-up. (A fixed, low mmap threshold, or giving it back after
+# every round, made both sides fault the memory in again inside the timing: 1.3-3x slower.)
+def release_freed_memory() -> None:
+  """glibc's malloc_trim(0); a no-op where there is no glibc."""
+  try:
+    ctypes.CDLL('libc.so.6').malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
 # Our step names -> the PyTorch worker's.
 TORCH_NAMES = {'finetune': 'finetune', 'lwf': 'lwf', 'generator (stage I)': 'generator',
                'replay (stage II)': 'replay'}
@@ -61,9 +74,12 @@ class TorchWorker:
       sys.exit(f'vs_pytorch: cannot start {python} ({e}); see --help for installing PyTorch')
 
   def ask(self, **request) -> dict:
-    self.process.stdin.write(json.dumps(request) + '\n')
-    self.process.stdin.flush()
-    line = self.process.stdout.readline()
+    try:
+      self.process.stdin.write(json.dumps(request) + '\n')
+      self.process.stdin.flush()
+      line = self.process.stdout.readline()
+    except BrokenPipeError:
+      line = ''
     if not line:
       sys.exit('vs_pytorch: the PyTorch worker ended (its error is above); '
                'does --torch_python import torch and numpy? (see --help)')
@@ -183,15 +199,17 @@ def check_same_models(setting: step_throughput.Setting, worker: TorchWorker,
 
 
 def time_side_by_side(setting_name: str, worker: TorchWorker, rounds: int, steps: int,
-                      folder: pathlib.Path) -> tuple[list[dict], dict]:
-  """The rows of SETTING_NAME's steps, and the worker's versions."""
+                      folder: pathlib.Path, only: set[str], done: Callable[[dict, dict], None]) -> None:
+  """Times SETTING_NAME's steps (those in `only`, if given), calling `done(row, versions)`
+  after each (versions: the PyTorch worker's)."""
   setting = step_throughput.build(setting_name)
   reply = worker.ask(op='build', setting=torch_setting(setting))
   gaps = check_same_models(setting, worker, reply['parameters'], folder)
   print(f'{setting_name}: same parameter counts {reply["parameters"]}; largest output gaps '
         f'{ {k: float(f"{v:.2g}") for k, v in gaps.items()} }', flush=True)
-  rows = []
   for name, step, fresh_state, arguments, images in setting.steps:
+    if only and TORCH_NAMES[name] not in only:
+      continue
     state, _ = step(fresh_state(), *arguments)  # compiles
     jax.block_until_ready(state)
     worker.ask(op='run', step=TORCH_NAMES[name], steps=1)  # warms up
@@ -209,15 +227,18 @@ def time_side_by_side(setting_name: str, worker: TorchWorker, rounds: int, steps
            **{f'{side}_range': (min(r), max(r)) for side, r in rates.items()}}
     print(f"  {name:20s} JAX {row['jax']:8.1f}  PyTorch {row['torch']:8.1f}  "
           f"ratio {row['jax'] / row['torch']:.2f}", flush=True)
-    rows.append(row)
-  return rows, reply
+    del state
+    release_freed_memory()
+    worker.ask(op='release')
+    done(row, reply)
 
 
-def markdown(rows: list[dict], versions: dict, rounds: int, steps: dict) -> str:
+def markdown(rows: list[dict], versions: dict, rounds: int, steps: str) -> str:
   lines = [
       f'Machine: {platform.node()}, {os.cpu_count()} cores; jax {jax.__version__} '
       f'({jax.default_backend()}), torch {versions["torch"]} ({versions["threads"]} threads); '
-      f'median over {rounds} interleaved rounds of {steps} steps (images/s; min-max in brackets).',
+      f'median over {rounds} interleaved rounds (steps per round: {steps}); images/s, min-max in '
+      'brackets.',
       '', '| setting | step | images/step | JAX | PyTorch | JAX / PyTorch |', '|---|---|---|---|---|---|']
   for row in rows:
     jax_range, torch_range = row['jax_range'], row['torch_range']
@@ -239,6 +260,7 @@ def main() -> None:
   parser.add_argument('--torch_python', default=sys.executable,
                       help='an interpreter that imports torch and numpy')
   parser.add_argument('--threads', type=int, default=os.cpu_count())
+  parser.add_argument('--only', default='', help='these steps only: finetune,lwf,generator,replay')
   parser.add_argument('--out', default='', help='also write the table to this file')
   args = parser.parse_args()
   steps = dict(item.split('=') for item in args.steps.split(','))
@@ -246,13 +268,22 @@ def main() -> None:
   for name in names:
     if name not in step_throughput.SETTINGS:
       parser.error(f'unknown setting {name!r}; choose from {", ".join(step_throughput.SETTINGS)}')
+  only = set(filter(None, args.only.split(',')))
+  if only - set(TORCH_NAMES.values()):
+    parser.error(f'--only: unknown steps {sorted(only - set(TORCH_NAMES.values()))}')
   worker = TorchWorker(args.torch_python, args.threads)
-  rows = []
+  rows, versions = [], {}
+
+  def done(row: dict, worker_versions: dict) -> None:  # the table so far: a failure keeps it
+    rows.append(row)
+    versions.update(worker_versions)
+    if args.out:
+      pathlib.Path(args.out).write_text(markdown(rows, versions, args.rounds, args.steps))
+
   with tempfile.TemporaryDirectory() as folder:
     for name in names:
-      setting_rows, versions = time_side_by_side(name, worker, args.rounds,
-                                                 int(steps.get(name, 1)), pathlib.Path(folder))
-      rows += setting_rows
+      time_side_by_side(name, worker, args.rounds, int(steps.get(name, 1)),
+                        pathlib.Path(folder), only, done)
   worker.close()
   emit(markdown(rows, versions, args.rounds, args.steps), args.out)
 
