@@ -79,8 +79,11 @@ def keep_run(workdir: pathlib.Path, kept: pathlib.Path, commit: bool) -> None:
   if commit:  # in the repository that holds `kept`, that folder only
     folder = str(kept.resolve())
     subprocess.run(['git', '-C', folder, 'add', '--', folder], check=True)
-    subprocess.run(['git', '-C', folder, 'commit', '-q', '-m', f'study: {kept.name} finished',
-                    '--', folder], check=True)
+    unchanged = subprocess.run(['git', '-C', folder, 'diff', '--cached', '--quiet', '--',
+                                folder], check=False).returncode == 0
+    if not unchanged:  # (kept again with the same files: nothing to commit)
+      subprocess.run(['git', '-C', folder, 'commit', '-q', '-m',
+                      f'study: {kept.name} finished', '--', folder], check=True)
 
 
 def run_main(config: str, workdir: pathlib.Path, args: Sequence[str]) -> None:
