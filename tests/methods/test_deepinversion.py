@@ -1,7 +1,7 @@
 """deepinversion: MFGR's stage II loss with real-data distillation, by hand, and a
 stage I that optimises a pool of pixels (its steps and restore target). (The
 pixel step: test_inversion.py; runs and resuming mid-synthesis:
-end_to_end/test_baseline_runs.py.)"""
+end_to_end/test_every_method.py.)"""
 
 import ml_collections
 import numpy as np

@@ -1,6 +1,6 @@
 """icarl and icarl_mfgr: the count of training images planned before a task is the
 new images plus the memory, and a run with generated images. (Memory contents and
-resuming after kill -9: end_to_end/test_baseline_runs.py; herding and NME:
+resuming after kill -9: end_to_end/test_icarl_runs.py; herding and NME:
 test_exemplars.py; the sigmoid loss: test_losses.py.)"""
 
 from mfgr_jax import train
