@@ -199,7 +199,8 @@ def check_same_models(setting: step_throughput.Setting, worker: TorchWorker,
 
 
 def time_side_by_side(setting_name: str, worker: TorchWorker, rounds: int, steps: int,
-                      folder: pathlib.Path, only: set[str], done: Callable[[dict, dict], None]) -> None:
+                      folder: pathlib.Path, only: set[str],
+                      done: Callable[[dict, dict], None]) -> None:
   """Times SETTING_NAME's steps (those in `only`, if given), calling `done(row, versions)`
   after each (versions: the PyTorch worker's)."""
   setting = step_throughput.build(setting_name)
