@@ -240,7 +240,8 @@ def markdown(rows: list[dict], versions: dict, rounds: int, steps: str) -> str:
       f'({jax.default_backend()}), torch {versions["torch"]} ({versions["threads"]} threads); '
       f'median over {rounds} interleaved rounds (steps per round: {steps}); images/s, min-max in '
       'brackets.',
-      '', '| setting | step | images/step | JAX | PyTorch | JAX / PyTorch |', '|---|---|---|---|---|---|']
+      '', '| setting | step | images/step | JAX | PyTorch | JAX / PyTorch |',
+      '|---|---|---|---|---|---|']
   for row in rows:
     jax_range, torch_range = row['jax_range'], row['torch_range']
     lines.append(
