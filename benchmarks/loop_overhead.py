@@ -2,8 +2,9 @@
 
     python -m benchmarks.loop_overhead [--steps 600] [--out docs/performance/loop_overhead.md]
 
-Runs task 0 of configs/smoke.py with a network so small that its step costs
-almost nothing (ResNet-18 width 1 on 16x16x1 images, batch 32), three ways:
+Runs task 0 of configs/smoke.py (2 classes, 192 images, 6 steps an epoch) with a
+network so small that its step costs almost nothing (ResNet-18 width 1 on 16x16x1
+images, batch 32), three ways:
 
 - `train.run`: the whole loop (batch sampling and transfer, the step, progress,
   metrics every `log_every_steps`, preemption checks), read from results.json
@@ -34,14 +35,18 @@ from mfgr_jax.models.resnet import resnet
 from mfgr_jax.scenario import Task
 
 
+# Smoke's task 0: classes 0 and 1, 96 images each, batch 32.
+CLASSES, IMAGES = 2, 192
+STEPS_PER_EPOCH = IMAGES // 32
+
+
 def tiny_config(steps: int):
   config = smoke.get_config()
   config.scenario.num_tasks = 1
   config.model.width = 1
   config.log_every_steps = 50
   config.checkpoint_every_steps = 10**6
-  # 6 classes x 96 images / 32 = 18 steps per epoch.
-  config.train.epochs = -(-steps // 18)
+  config.train.epochs = -(-steps // STEPS_PER_EPOCH)
   return config
 
 
@@ -61,14 +66,14 @@ def measure(steps: int) -> dict:
   loop_images_per_second = results['throughput'][0]['train_images_per_second']
   batch_size = config.train.batch_size
 
-  data = np.random.default_rng(0).integers(0, 256, (576, 16, 16, 1), np.uint8)
-  labels = np.repeat(np.arange(6), 96).astype(np.int32)
-  sampler = BatchSampler(data, labels, np.arange(576), batch_size, jax.random.PRNGKey(0),
+  data = np.random.default_rng(0).integers(0, 256, (IMAGES, 16, 16, 1), np.uint8)
+  labels = np.repeat(np.arange(CLASSES), IMAGES // CLASSES).astype(np.int32)
+  sampler = BatchSampler(data, labels, np.arange(IMAGES), batch_size, jax.random.PRNGKey(0),
                          jax.random.PRNGKey(1))
   sampler_seconds = per_step_seconds(lambda i: sampler(i)['image'], steps)
 
-  task = Task(0, tuple(range(6)), 0, 6)
-  model = resnet(18, 6, 1, bn_axis_name=parallel.AXIS)
+  task = Task(0, tuple(range(CLASSES)), 0, CLASSES)
+  model = resnet(18, CLASSES, 1, bn_axis_name=parallel.AXIS)
   variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 16, 16, 1)), train=False)
   tx = classifier.make_optimizer(config.train, steps)
   step = classifier.make_train_step(model, tx, get_method('finetune').make_loss(task, config),
@@ -87,6 +92,7 @@ def measure(steps: int) -> dict:
 
 
 def markdown(seconds: dict, steps: int) -> str:
+  steps = -(-steps // STEPS_PER_EPOCH) * STEPS_PER_EPOCH  # whole epochs
   rows = [('the whole loop (`train.run`)', seconds['loop']),
           ('the sampler alone', seconds['sampler']),
           ('the jitted step alone (batch on the device)', seconds['step']),

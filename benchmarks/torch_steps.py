@@ -147,10 +147,7 @@ class Steps:
     self.labels = torch.from_numpy(rng.integers(s['num_old'], s['num_seen'], s['batch_size']))
     self.mean = torch.tensor(s['mean']).view(1, c, 1, 1)
     self.std = torch.tensor(s['std']).view(1, c, 1, 1)
-    self.bn_inputs = []
-    for module in self.teacher.modules():
-      if isinstance(module, nn.BatchNorm2d):
-        module.register_forward_hook(lambda m, inputs, _: self.bn_inputs.append((m, inputs[0])))
+    self.bn_layers = [m for m in self.teacher.modules() if isinstance(m, nn.BatchNorm2d)]
 
   def parameters(self) -> dict:
     return {name: sum(p.numel() for p in getattr(self, name).parameters())
@@ -185,11 +182,17 @@ class Steps:
     self.generator.train()
     images = self.generator(torch.randn(s['generator_batch_size'], s['latent_dim'],
                                         generator=self.random))
-    self.bn_inputs.clear()
+    # The inputs of the old model's BN layers, for this forward only (hooks on
+    # every teacher forward would keep the LwF and replay steps' activations too).
+    bn_inputs = []
+    hooks = [m.register_forward_hook(lambda m, inputs, _: bn_inputs.append((m, inputs[0])))
+             for m in self.bn_layers]
     logits, features = self.teacher(images)
+    for hook in hooks:
+      hook.remove()
     probabilities = F.softmax(logits, -1).mean(0)
     bn = []
-    for module, x in self.bn_inputs:
+    for module, x in bn_inputs:
       mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
       bn.append(safe_norm(var - module.running_var) + safe_norm(mean - module.running_mean))
     half, pairs = images.shape[0] // 2, s['diversity_pairs']

@@ -192,7 +192,7 @@ def check_same_models(setting: step_throughput.Setting, worker: TorchWorker,
   for name, value in mine.items():
     gaps[name] = float(np.max(np.abs(np.asarray(value) - theirs[name])))
     scale = float(np.max(np.abs(theirs[name])))
-    if gaps[name] > 1e-3 * max(scale, 1.0):
+    if not gaps[name] <= 1e-3 * max(scale, 1.0):  # (NaN fails too)
       sys.exit(f'vs_pytorch: the {name} computes differently in PyTorch (largest gap '
                f'{gaps[name]:.3g} at scale {scale:.3g}): the architectures are not the same')
   return gaps
@@ -265,11 +265,18 @@ def main() -> None:
   parser.add_argument('--only', default='', help='these steps only: finetune,lwf,generator,replay')
   parser.add_argument('--out', default='', help='also write the table to this file')
   args = parser.parse_args()
-  steps = dict(item.split('=') for item in args.steps.split(','))
   names = args.settings.split(',')
   for name in names:
     if name not in step_throughput.SETTINGS:
       parser.error(f'unknown setting {name!r}; choose from {", ".join(step_throughput.SETTINGS)}')
+  steps = {}
+  for item in args.steps.split(','):
+    name, _, count = item.partition('=')
+    if name not in step_throughput.SETTINGS or not count.isdigit() or int(count) < 1:
+      parser.error(f'--steps: {item!r} is not SETTING=N with a known setting and N >= 1')
+    steps[name] = int(count)
+  if args.rounds < 1:
+    parser.error('--rounds must be at least 1')
   only = set(filter(None, args.only.split(',')))
   if only - set(TORCH_NAMES.values()):
     parser.error(f'--only: unknown steps {sorted(only - set(TORCH_NAMES.values()))}')
@@ -284,7 +291,7 @@ def main() -> None:
 
   with tempfile.TemporaryDirectory() as folder:
     for name in names:
-      time_side_by_side(name, worker, args.rounds, int(steps.get(name, 1)),
+      time_side_by_side(name, worker, args.rounds, steps.get(name, 1),
                         pathlib.Path(folder), only, done)
   worker.close()
   emit(markdown(rows, versions, args.rounds, args.steps), args.out)

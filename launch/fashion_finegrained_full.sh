@@ -19,7 +19,7 @@ SEEDS=${SEEDS:-0,1,2}
 METHODS=${METHODS:-finetune,lwf,ewc,mas,muc_mas,lwm,icarl,lwf_g_bn,mfgr,deepinversion,abd,rdfcil}
 "$PY" -m mfgr_jax.study --config=configs/fashion_finegrained.py:full --methods="$METHODS" \
   --seeds="$SEEDS" --keep="$OUT/runs" --workdirs="${ROOT:-workdirs/fashion_finegrained_full}" \
-  --method_args=abd=--config.replay.single_pass=True ${COMMIT:+--commit} -- ${EXTRA:-}
+  --method_args=abd=--config.replay.single_pass=True --commit="${COMMIT:-0}" -- ${EXTRA:-}
 runs=()
 for method in ${METHODS//,/ }; do
   for seed in ${SEEDS//,/ }; do runs+=("$OUT/runs/$method-seed$seed"); done

@@ -17,12 +17,16 @@ results.json, config.json and sample grids are copied to KEEP/<method>-seed<s>/
 an unfinished one resumes from its workdir's checkpoint, as main does when run
 again. On another machine (no workdirs) a seed's task-0 model is trained again
 from the same config and seed before its remaining methods run.
-`python -m mfgr_jax.report KEEP/*` reads the kept folders.
+`python -m mfgr_jax.report KEEP/<method>-seed*...` reads the kept folders (not the
+task0-seed* ones: those are finetune runs of task 0 alone). Ctrl-C or SIGTERM stops
+the run in progress at a checkpoint (main's exit 3); the same command continues it.
 """
 
 import json
+import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -36,6 +40,8 @@ from mfgr_jax.errors import UserError
 from mfgr_jax.methods import get_method
 
 KEPT_FILES = ('results.json', 'config.json')
+# What the study sets for each run itself: not accepted after `--`.
+PER_RUN = ('--config.seed', '--config.method', '--config.init_from')
 
 
 def _flag_values() -> flags.FlagValues:
@@ -59,31 +65,54 @@ def _flag_values() -> flags.FlagValues:
 def is_finished(folder: pathlib.Path) -> bool:
   """Whether the run in `folder` (a workdir or a kept run) evaluated every task it
   planned: its config's `scenario.num_tasks` (0: all of results.json's tasks)."""
-  if not (folder / 'results.json').exists():
+  try:
+    results = json.loads((folder / 'results.json').read_text())
+    planned = json.loads((folder / 'config.json').read_text())['scenario']['num_tasks']
+    return len(results['accuracy']) == (planned or len(results['tasks']))
+  except (OSError, ValueError, KeyError, TypeError):  # absent, half-written or not a run's
     return False
-  results = json.loads((folder / 'results.json').read_text())
-  planned = json.loads((folder / 'config.json').read_text())['scenario']['num_tasks']
-  return len(results['accuracy']) == (planned or len(results['tasks']))
 
 
 def keep_run(workdir: pathlib.Path, kept: pathlib.Path, commit: bool) -> None:
   """Copies a finished run's results.json, config.json and sample grids to `kept`
-  (results.json last, so a half-copied folder does not count as kept); commits it."""
+  (results.json last, each file written whole, so that an interrupted copy does not
+  count as kept); commits it."""
   if kept.exists():
     shutil.rmtree(kept)
   (kept / 'samples').mkdir(parents=True)
   for grid in sorted((workdir / 'samples').glob('*.png')):
     shutil.copy2(grid, kept / 'samples' / grid.name)
   for name in reversed(KEPT_FILES):
-    shutil.copy2(workdir / name, kept / name)
-  if commit:  # in the repository that holds `kept`, that folder only
-    folder = str(kept.resolve())
-    subprocess.run(['git', '-C', folder, 'add', '--', folder], check=True)
+    shutil.copy2(workdir / name, kept / f'.{name}.tmp')
+    os.replace(kept / f'.{name}.tmp', kept / name)
+  if commit:
+    _commit(kept)
+
+
+def _commit(kept: pathlib.Path) -> None:
+  """Commits the folder `kept` alone, in the git repository that holds it."""
+  folder = str(kept.resolve())
+  try:
+    subprocess.run(['git', '-C', folder, 'add', '--', folder], check=True, capture_output=True)
     unchanged = subprocess.run(['git', '-C', folder, 'diff', '--cached', '--quiet', '--',
                                 folder], check=False).returncode == 0
     if not unchanged:  # (kept again with the same files: nothing to commit)
-      subprocess.run(['git', '-C', folder, 'commit', '-q', '-m',
-                      f'study: {kept.name} finished', '--', folder], check=True)
+      subprocess.run(['git', '-C', folder, 'commit', '-q', '-m', f'study: {kept.name} finished',
+                      '--', folder], check=True, capture_output=True)
+  except (OSError, subprocess.CalledProcessError) as e:
+    detail = getattr(e, 'stderr', b'') or b''
+    raise UserError(f'{kept} is kept but could not be committed ({e}; '
+                    f'{detail.decode(errors="replace").strip()[:200]}); is --keep inside a git '
+                    'repository with user.name and user.email set? Commit it by hand or drop '
+                    '--commit, then run the same command again') from None
+
+
+def load_results(folder: pathlib.Path) -> dict | None:
+  """The run's results.json, or None where there is none that can be read."""
+  try:
+    return json.loads((folder / 'results.json').read_text())
+  except (OSError, ValueError):
+    return None
 
 
 def run_main(config: str, workdir: pathlib.Path, args: Sequence[str]) -> None:
@@ -91,7 +120,17 @@ def run_main(config: str, workdir: pathlib.Path, args: Sequence[str]) -> None:
   command = [sys.executable, '-m', 'mfgr_jax.main', f'--config={config}',
              f'--workdir={workdir}', *args]
   logging.info('study: %s', ' '.join(command[2:]))
-  status = subprocess.run(command, check=False).returncode
+  process = subprocess.Popen(command)
+  # Ctrl-C reaches the run through the terminal's process group, SIGTERM is passed on:
+  # either way the run saves a checkpoint and exits 3, and the study stops after it.
+  handlers = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+              signal.SIGTERM: signal.signal(signal.SIGTERM,
+                                            lambda *_: process.send_signal(signal.SIGTERM))}
+  try:
+    status = process.wait()
+  finally:
+    for signum, handler in handlers.items():
+      signal.signal(signum, handler)
   if status:
     raise UserError(f'the run in {workdir} stopped with exit status {status} (its error is '
                     'above); fix it and run the same study command again to go on')
@@ -109,8 +148,8 @@ def run_study(config: str, methods: Sequence[str], seeds: Sequence[int], keep: p
     if pending and not is_finished(task0):
       run_main(config, task0, seed_args + ['--config.method=finetune',
                                            '--config.scenario.num_tasks=1'])
-    if is_finished(task0) and not (keep / f'task0-seed{seed}').exists():
-      keep_run(task0, keep / f'task0-seed{seed}', commit)
+    if is_finished(task0) and load_results(task0) != load_results(keep / f'task0-seed{seed}'):
+      keep_run(task0, keep / f'task0-seed{seed}', commit)  # new, or trained again elsewhere
     for method in methods:
       kept = keep / f'{method}-seed{seed}'
       kept_runs.append(kept)
@@ -145,10 +184,13 @@ def _parse(argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
     raise UserError('--methods=A,B,... is required: the methods to run')
   for method in values.methods:
     get_method(method)  # a one-line error for an unknown one, before any run
-  if not all(seed.isdigit() for seed in values.seeds):
+  if not values.seeds or not all(seed.isdigit() for seed in values.seeds):
     raise UserError(f'--seeds={",".join(values.seeds)} must be integers, e.g. 0,1,2')
   if any(not arg.startswith('--config.') for arg in extra):
     raise UserError(f'after --, give only --config.X=Y arguments for every run, got {extra}')
+  for arg in extra + [item.partition('=')[2] for item in values.method_args]:
+    if arg.partition('=')[0] in PER_RUN:
+      raise UserError(f'{arg}: the study sets {", ".join(PER_RUN)} for each run itself')
   return values, extra
 
 
@@ -158,6 +200,7 @@ def _method_args(items: Sequence[str]) -> dict[str, list[str]]:
     method, sep, argument = item.partition('=')
     if not sep or not argument.startswith('--config.'):
       raise UserError(f'--method_args={item} is not METHOD=--config.X=Y')
+    get_method(method)
     parsed.setdefault(method, []).append(argument)
   return parsed
 
@@ -174,5 +217,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  logging.use_absl_handler()  # (absl's app.run would; the flags here are our own)
+  logging.set_verbosity(logging.INFO)
   console.install(verbose=False)
   main(sys.argv[1:])

@@ -6,9 +6,12 @@ import jax
 import numpy as np
 import pytest
 
+import flax
+
 from benchmarks import vs_pytorch
 from benchmarks.conv_weight_gradient import conv, im2col, shifted_matmuls
 from mfgr_jax.models.generator import Generator
+from mfgr_jax.models.pretrained import torch_key_place
 from mfgr_jax.models.resnet import resnet
 
 
@@ -27,9 +30,13 @@ def test_weight_gradient_reformulations_match_xla(formulation, stride):
 def test_torchvision_keys_take_every_resnet_weight_once(depth):
   variables = jax.tree.map(np.asarray, resnet(depth, 10, 4).init(
       jax.random.PRNGKey(0), np.zeros((1, 16, 16, 3)), train=False))
-  state = vs_pytorch._resnet_state_dict(variables, vs_pytorch.torchvision_keys(depth))
-  ours = sorted(x.size for x in jax.tree.leaves(variables))
-  assert sorted(x.size for x in state.values()) == ours
+  keys = vs_pytorch.torchvision_keys(depth)
+  places = [torch_key_place(key) for key in keys if not key.startswith('fc.')]
+  ours = [(collection, path) for collection in ('params', 'batch_stats')
+          for path, _ in flax.traverse_util.flatten_dict(variables[collection]).items()
+          if path[0] != 'head']
+  assert sorted(places) == sorted(ours)  # each of our weights from exactly one key
+  state = vs_pytorch._resnet_state_dict(variables, keys)
   assert state['conv1.weight'].shape == (4, 3, 3, 3)  # OIHW
   assert state['fc.weight'].shape == (10, 32)  # (out, in)
 

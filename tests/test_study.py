@@ -47,6 +47,9 @@ def test_finished_runs_are_kept_committed_and_then_skipped(repo, tmp_path, monke
   monkeypatch.setattr(study, 'run_main', lambda *a: pytest.fail(f'ran {a}'))
   assert study.run_study(SMOKE, ['finetune'], [0], keep, workdirs, {}, SHORT, commit=True) == kept
   assert len(_commits(repo)) == 2
+  # Kept again with the same files (e.g. by hand): nothing to commit, no error.
+  study.keep_run(workdirs / 'seed0' / 'finetune', keep / 'finetune-seed0', commit=True)
+  assert len(_commits(repo)) == 2
 
 
 def _write_run(folder, accuracy, num_tasks=0):
@@ -60,6 +63,8 @@ def test_another_machine_trains_task0_again_then_only_what_is_not_kept(tmp_path,
   keep, workdirs = tmp_path / 'runs', tmp_path / 'elsewhere'
   _write_run(keep / 'lwf-seed0', [90.0, 50.0])
   _write_run(keep / 'mfgr-seed0', [90.0])  # unfinished (one task of two): it runs again
+  _write_run(keep / 'ewc-seed0', [90.0, 50.0])
+  (keep / 'ewc-seed0' / 'results.json').write_text('{"accura')  # a copy cut short: again
   calls = []
 
   def fake_main(config, workdir, args):
@@ -68,15 +73,17 @@ def test_another_machine_trains_task0_again_then_only_what_is_not_kept(tmp_path,
                1 if workdir.name == 'task0' else 0)
 
   monkeypatch.setattr(study, 'run_main', fake_main)
-  study.run_study(SMOKE, ['lwf', 'mfgr'], [0], keep, workdirs,
+  study.run_study(SMOKE, ['lwf', 'mfgr', 'ewc'], [0], keep, workdirs,
                   {'mfgr': ['--config.generator.steps=5']}, ['--config.train.epochs=1'], False)
   task0 = workdirs / 'seed0' / 'task0'
   assert calls == [
       ('task0', ['--config.seed=0', '--config.train.epochs=1', '--config.method=finetune',
                  '--config.scenario.num_tasks=1']),
       ('mfgr', ['--config.seed=0', '--config.train.epochs=1', '--config.method=mfgr',
-                f'--config.init_from={task0}', '--config.generator.steps=5'])]
-  assert study.is_finished(keep / 'mfgr-seed0') and study.is_finished(keep / 'task0-seed0')
+                f'--config.init_from={task0}', '--config.generator.steps=5']),
+      ('ewc', ['--config.seed=0', '--config.train.epochs=1', '--config.method=ewc',
+               f'--config.init_from={task0}'])]
+  assert all(study.is_finished(keep / f'{run}-seed0') for run in ('mfgr', 'ewc', 'task0'))
   assert load_results(keep / 'mfgr-seed0')['accuracy'] == [90.0, 60.0]
 
 
@@ -86,6 +93,9 @@ def test_another_machine_trains_task0_again_then_only_what_is_not_kept(tmp_path,
     (['--methods=lwf', '--keep=k', '--seeds=0,x'], '--seeds=0,x must be integers'),
     (['--methods=lwf', '--keep=k', '--method_args=lwf'], 'is not METHOD=--config.X=Y'),
     (['--methods=lwf', '--keep=k', '--', 'stray'], 'give only --config.X=Y arguments'),
+    (['--methods=lwf', '--keep=k', '--', '--config.seed=3'], 'the study sets --config.seed'),
+    (['--methods=lwf', '--keep=k', '--method_args=lwm2=--config.x=1'], "unknown method 'lwm2'"),
+    (['--methods=lwf', '--keep=k', '--seeds='], 'must be integers'),
 ])
 def test_bad_command_lines_are_one_line_before_any_run(args, message, monkeypatch):
   monkeypatch.setattr(study, 'run_main', lambda *a: pytest.fail(f'ran {a}'))

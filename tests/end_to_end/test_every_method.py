@@ -53,7 +53,10 @@ def smoke_run(tmp_path_factory):
 def test_every_method_finishes_smoke_with_its_defaults(smoke_run, method):
   results = load_results(smoke_run(method))
   assert results['method'] == method and results['tasks'] == [[0, 1], [2, 3], [4, 5]]
-  assert results['accuracy'][0] == smoke_run.task0['accuracy'][0]  # the shared task 0
+  # Task 0 is the shared model, loaded, not trained again.
+  assert results['task0_from'] == str(smoke_run.task0_dir)
+  assert results['accuracy_matrix'][0] == smoke_run.task0['accuracy_matrix'][0]
+  assert results['seconds'][0].get('classifier', 0.0) == 0.0
   assert len(results['accuracy']) == 3
   assert all(math.isfinite(a) and 0 <= a <= 100 for a in results['accuracy'])
   assert all(count == 0 for task in results['skipped_steps'] for count in task.values())
