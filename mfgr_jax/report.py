@@ -24,6 +24,7 @@ from absl import flags
 import numpy as np
 import PIL.Image
 
+from mfgr_jax import command_line
 from mfgr_jax import plots
 
 
@@ -359,8 +360,7 @@ def _reference(runs: Runs, requested: str | None) -> str | None:
 
 
 def _flag_values() -> flags.FlagValues:
-  """The command line's flags, absl's as `main`'s (in their own FlagValues, so that
-  importing this module adds nothing to a run's flags)."""
+  """The command line's flags (see `command_line`)."""
   values = flags.FlagValues()
   flags.DEFINE_string('out', None, 'folder to write report.md and the charts to',
                       flag_values=values)
@@ -382,13 +382,7 @@ _USAGE = ('python -m mfgr_jax.report RUN_WORKDIR... --out DIR [--groups NAME=IDS
 def _parse(argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
   """(the flags, the run workdirs) of the command line `argv`."""
   values = _flag_values()
-  if {'-h', '--help', '--helpshort'} & set(argv):
-    print(f'{_USAGE}\n\n{values.get_help()}')
-    raise SystemExit(0)
-  try:
-    runs = values(['mfgr_jax.report', *argv])[1:]
-  except flags.Error as e:
-    raise _error(f'{e}; see --help') from None
+  runs = command_line.parse('mfgr_jax.report', _USAGE, values, argv)
   if not runs:
     raise _error('name the workdirs of the runs to compare; see --help')
   if not values.out:

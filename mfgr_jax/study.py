@@ -35,6 +35,7 @@ from typing import Sequence
 from absl import flags
 from absl import logging
 
+from mfgr_jax import command_line
 from mfgr_jax import console
 from mfgr_jax.errors import UserError
 from mfgr_jax.methods import get_method
@@ -45,7 +46,7 @@ PER_RUN = ('--config.seed', '--config.method', '--config.init_from')
 
 
 def _flag_values() -> flags.FlagValues:
-  """The command line's flags, in their own FlagValues (as `report`'s)."""
+  """The command line's flags (see `command_line`)."""
   values = flags.FlagValues()
   flags.DEFINE_string('config', None, 'the config file (with :ARG if it takes one)',
                       flag_values=values)
@@ -170,13 +171,7 @@ def run_study(config: str, methods: Sequence[str], seeds: Sequence[int], keep: p
 def _parse(argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
   """(the flags, the arguments after `--` for every run) of the command line `argv`."""
   values = _flag_values()
-  if {'-h', '--help', '--helpshort'} & set(argv):
-    print(f'{__doc__}\n{values.get_help()}')
-    raise SystemExit(0)
-  try:
-    extra = values(['mfgr_jax.study', *argv])[1:]
-  except flags.Error as e:
-    raise UserError(f'{e}; see --help') from None
+  extra = command_line.parse('mfgr_jax.study', __doc__, values, argv)
   for name in ('config', 'keep'):
     if not values[name].value:
       raise UserError(f'--{name} is required; see --help')

@@ -96,6 +96,7 @@ def test_another_machine_trains_task0_again_then_only_what_is_not_kept(tmp_path,
     (['--methods=lwf', '--keep=k', '--', '--config.seed=3'], 'the study sets --config.seed'),
     (['--methods=lwf', '--keep=k', '--method_args=lwm2=--config.x=1'], "unknown method 'lwm2'"),
     (['--methods=lwf', '--keep=k', '--seeds='], 'must be integers'),
+    (['--methods=lwf', '--keep=k', '--seedz=1'], "Unknown command line flag 'seedz'"),
 ])
 def test_bad_command_lines_are_one_line_before_any_run(args, message, monkeypatch):
   monkeypatch.setattr(study, 'run_main', lambda *a: pytest.fail(f'ran {a}'))
