@@ -2,6 +2,7 @@
 the tasks and the method; and what hooks need of it (models, keys, batches)."""
 
 import dataclasses
+import functools
 import pathlib
 from typing import Callable
 
@@ -57,9 +58,10 @@ class Experiment:
     return variables['params'], variables['batch_stats']
 
   def variables_like(self, num_classes: int) -> dict:
-    """Host arrays shaped like the model's variables: a target for restoring."""
-    return parallel.to_host(self.model(num_classes).init(
-        jax.random.PRNGKey(0), jnp.zeros((1,) + self.dataset.image_shape), train=False))
+    """Host zeros shaped like the model's variables: a target for restoring."""
+    return parallel.zeros_shaped_like(
+        functools.partial(self.model(num_classes).init, train=False), jax.random.PRNGKey(0),
+        jnp.zeros((1,) + self.dataset.image_shape))
 
   def feature_dim(self) -> int:
     """The size of the pooled features the head reads."""

@@ -52,7 +52,9 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 def init_state(generator: nn.Module, key: jax.Array,
                tx: optax.GradientTransformation) -> GeneratorState:
-  params = generator.init(key, jnp.zeros((2, generator.latent_dim)))['params']
+  # Jitted: one compilation (cached with the steps') instead of one per initialiser
+  # and shape, op by op; the same numbers.
+  params = jax.jit(generator.init)(key, jnp.zeros((2, generator.latent_dim)))['params']
   return GeneratorState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 

@@ -113,6 +113,14 @@ def to_host(tree: Any) -> Any:
   return jax.tree_util.tree_map(fetch, tree)
 
 
+def zeros_shaped_like(function: Callable, *args: Any) -> Any:
+  """Host zeros shaped like the arrays `function(*args)` returns, from its shapes alone
+  (`jax.eval_shape`): e.g. a restore target of a model's variables, without running
+  (and compiling, op by op) every initialiser of its `init`."""
+  return jax.tree_util.tree_map(lambda shape: np.zeros(shape.shape, shape.dtype),
+                                jax.eval_shape(function, *args))
+
+
 def check_divisible(batch_size: int, field: str) -> None:
   if batch_size % device_count():
     raise UserError(f'{field}={batch_size} is not divisible by the {device_count()} devices; '

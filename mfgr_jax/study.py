@@ -16,7 +16,9 @@ results.json, config.json and sample grids are copied to KEEP/<method>-seed<s>/
 (that folder only). A run whose kept results.json holds every task is skipped;
 an unfinished one resumes from its workdir's checkpoint, as main does when run
 again. On another machine (no workdirs) a seed's task-0 model is trained again
-from the same config and seed before its remaining methods run.
+from the same config and seed before its remaining methods run. The runs share
+JAX's persistent compilation cache, WORKDIRS/xla_cache (or $JAX_COMPILATION_CACHE_DIR
+where set), so that a program is compiled once per study, not once per run.
 `python -m mfgr_jax.report KEEP/<method>-seed*...` reads the kept folders (not the
 task0-seed* ones: those are finetune runs of task 0 alone). Ctrl-C or SIGTERM stops
 the run in progress at a checkpoint (main's exit 3); the same command continues it.
@@ -203,6 +205,10 @@ def _method_args(items: Sequence[str]) -> dict[str, list[str]]:
 def main(argv: Sequence[str]) -> None:
   try:
     values, extra = _parse(argv)
+    # The runs compile the same programs (every method's per seed, each program of a
+    # resumed run): JAX's persistent cache keeps them for the whole study.
+    os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                          str(pathlib.Path(values.workdirs, 'xla_cache').absolute()))
     kept = run_study(values.config, values.methods, [int(s) for s in values.seeds],
                      pathlib.Path(values.keep), pathlib.Path(values.workdirs),
                      _method_args(values.method_args), extra, values.commit)

@@ -203,8 +203,9 @@ def _generator_source(experiment: Experiment, task: Task) -> classifier.ReplaySo
 
 
 def _generator_params_like(experiment: Experiment) -> Any:
-  return parallel.to_host(experiment.generator().init(
-      jax.random.PRNGKey(0), jnp.zeros((2, experiment.config.generator.latent_dim)))['params'])
+  return parallel.zeros_shaped_like(experiment.generator().init, jax.random.PRNGKey(0),
+                                    jnp.zeros((2, experiment.config.generator.latent_dim))
+                                    )['params']
 
 
 def _check_generator(terms: tuple[str, ...], config: ml_collections.ConfigDict) -> None:

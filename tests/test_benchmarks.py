@@ -8,8 +8,10 @@ import pytest
 
 import flax
 
-from benchmarks import vs_pytorch
+from benchmarks import task_phases, vs_pytorch
 from benchmarks.conv_weight_gradient import conv, im2col, shifted_matmuls
+from configs import smoke
+from mfgr_jax import stage_runner, train
 from mfgr_jax.models.generator import Generator
 from mfgr_jax.models.pretrained import torch_key_place
 from mfgr_jax.models.resnet import resnet
@@ -52,3 +54,40 @@ def test_generator_weights_keep_the_channel_order_of_the_first_map():
   ours = (z @ dense['kernel'] + dense['bias']).reshape(2, 4, 4, 8)
   theirs = (z @ state['linear.weight'].T + state['linear.bias']).reshape(2, 8, 4, 4)
   np.testing.assert_allclose(theirs, ours.transpose(0, 3, 1, 2), rtol=1e-6)
+
+
+def test_phase_clock_excludes_inner_phases_and_merges_overlapping_compiles(monkeypatch):
+  now = [100.0]
+  monkeypatch.setattr(task_phases.time, 'time', lambda: now[0])
+  clock = task_phases.PhaseClock()
+  trace, backend = task_phases.COMPILE_EVENTS[0], task_phases.COMPILE_EVENTS[2]
+  with clock.phase('setup'):
+    now[0] += 2.0
+    with clock.phase('classifier'):
+      clock.on_event_span(trace, 102.0, 103.0)
+      clock.on_event_span(trace, 102.5, 103.5)  # nested in the one above: counted once
+      clock.on_event_span(backend, 104.0, 106.0)
+      clock.on_event_span('/jax/other_event', 102.0, 110.0)  # not a compilation
+      now[0] += 10.0
+      with clock.phase('checkpoints'):
+        now[0] += 1.5
+      now[0] += 3.0
+    now[0] += 0.5
+  assert clock.phases() == {'setup': {'seconds': 2.5, 'compiling': 0.0},
+                            'classifier': {'seconds': 13.0, 'compiling': 3.5},
+                            'checkpoints': {'seconds': 1.5, 'compiling': 0.0}}
+
+
+def test_time_run_charges_each_phase_of_a_real_run(tmp_path):
+  config = smoke.get_config()
+  config.scenario.num_tasks = 1
+  phases = task_phases.time_run(config, str(tmp_path))
+  assert {'setup', 'classifier', 'checkpoints', 'evaluation', 'after task'} <= set(phases)
+  assert phases['classifier']['compiling'] > 0  # the step compiled inside the stage
+  assert all(0 <= p['compiling'] <= p['seconds'] for p in phases.values())
+  whole = sum(p['seconds'] for p in phases.values())
+  assert (tmp_path / 'results.json').exists() and whole > phases['classifier']['seconds']
+  # The loop's functions are themselves again.
+  assert stage_runner.StageRunner.run.__qualname__ == 'StageRunner.run'
+  assert train.evaluate.__module__ == 'mfgr_jax.train' and not hasattr(train.evaluate,
+                                                                       '__wrapped__')

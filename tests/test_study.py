@@ -3,6 +3,7 @@ skipped when kept, the shared task-0 model trained again on a machine without
 the workdirs, and one-line errors before any run."""
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -104,3 +105,19 @@ def test_bad_command_lines_are_one_line_before_any_run(args, message, monkeypatc
     study.main([f'--config={SMOKE}', *args])
   text = str(error.value)
   assert text.startswith('mfgr_jax.study: error: ') and '\n' not in text and message in text
+
+
+@pytest.mark.parametrize('preset', [None, '/elsewhere/cache'])
+def test_the_runs_share_a_compilation_cache_in_the_workdirs(preset, tmp_path, monkeypatch):
+  if preset:
+    monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', preset)
+  else:
+    monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
+  seen = []
+  monkeypatch.setattr(study, 'run_main',
+                      lambda *a: seen.append(os.environ['JAX_COMPILATION_CACHE_DIR']))
+  monkeypatch.setattr(study, 'keep_run', lambda *a: None)
+  monkeypatch.setattr(study, 'is_finished', lambda folder: folder.name == 'task0')
+  study.main([f'--config={SMOKE}', '--methods=lwf', '--seeds=0', f'--keep={tmp_path}/k',
+              f'--workdirs={tmp_path}/w'])
+  assert seen == [preset or str(tmp_path / 'w' / 'xla_cache')]
