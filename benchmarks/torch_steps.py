@@ -106,16 +106,18 @@ class Generator(nn.Module):
 
 def augment(images: torch.Tensor, padding: int, mean: torch.Tensor, std: torch.Tensor,
             generator: torch.Generator) -> torch.Tensor:
-  """Pad-crop-flip each uint8 NHWC image at random, then normalise; returns NCHW."""
-  n, h, w, _ = images.shape
+  """Pad-crop-flip each uint8 NHWC image at random, then normalise; returns NCHW.
+  Vectorised (one gather for the whole batch), as ours runs inside the jitted step."""
+  n, h, w, c = images.shape
   padded = F.pad(images.permute(0, 3, 1, 2).float() / 255, (padding,) * 4)
   offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
   flips = torch.rand(n, generator=generator) < 0.5
-  crops = []
-  for image, (dy, dx), flip in zip(padded, offsets.tolist(), flips.tolist()):
-    crop = image[:, dy:dy + h, dx:dx + w]
-    crops.append(crop.flip(-1) if flip else crop)
-  return (torch.stack(crops) - mean) / std
+  rows = offsets[:, :1] + torch.arange(h)
+  columns = torch.arange(w).expand(n, w)
+  columns = offsets[:, 1:] + torch.where(flips[:, None], columns.flip(-1), columns)
+  crops = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
+                 rows[:, None, :, None], columns[:, None, None, :]]
+  return (crops - mean) / std
 
 
 def distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float):
