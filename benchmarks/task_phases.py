@@ -2,7 +2,7 @@
 
     python -m benchmarks.task_phases --config configs/fashion_finegrained.py:full \\
         --config.method=mfgr --config.init_from=TASK0_WORKDIR [--config.X=Y ...] \\
-        [--out docs/performance/cpu_task_phases.md]
+        [--runs 2] [--out docs/performance/cpu_task_phases.md]
 
 Runs the config twice, each time in a process of its own and a new workdir, with
 one persistent XLA compilation cache (JAX's, `JAX_COMPILATION_CACHE_DIR`, with
@@ -43,6 +43,8 @@ from mfgr_jax import train
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'the config to time',
                                           lock_config=True)
 _OUT = flags.DEFINE_string('out', '', 'also write the table to this file')
+_RUNS = flags.DEFINE_integer('runs', 2, '1: the run with an empty cache only; 2: and the '
+                             'run with the cache it filled', lower_bound=1, upper_bound=2)
 _CHILD = flags.DEFINE_string('child', '', '(internal) time one run into this workdir; write '
                              'its phases to WORKDIR/phases.json')
 
@@ -169,7 +171,7 @@ def main(argv: list[str]) -> None:
   runs = {}
   with tempfile.TemporaryDirectory(prefix='task_phases_') as folder:
     environment = dict(os.environ, JAX_COMPILATION_CACHE_DIR=f'{folder}/cache')
-    for i, run in enumerate(RUNS):
+    for i, run in enumerate(RUNS[:_RUNS.value]):
       workdir = f'{folder}/run{i}'
       subprocess.run([sys.executable, '-m', 'benchmarks.task_phases', f'--child={workdir}',
                       *_config_arguments(sys.argv[1:])], env=environment, check=True)

@@ -254,6 +254,29 @@ def per_class_table(runs: Runs, classes: list[int]) -> list[str]:
   return _table(['', *(first['class_names'][label] for label in classes)], rows)
 
 
+def predicted_shares(results: dict, label: int, task: int = -1) -> dict[int, float]:
+  """Where the test images of `label` (a dataset id) went after `task`: % predicted as
+  each seen class (dataset ids), from the confusion matrix (rows true, columns predicted)."""
+  matrix = np.asarray(results['confusion_matrix'][task], dtype=float)
+  row = matrix[results['class_order'].index(label)]
+  return {results['class_order'][o]: 100.0 * count / row.sum() for o, count in enumerate(row)}
+
+
+def confusion_table(runs: Runs, label: int, smallest: float = 1.0) -> list[str]:
+  """Per method (mean over finished runs), the % of `label`'s test images predicted as each
+  class after the last task; only the classes that take >= `smallest` % for some method."""
+  names = _setting_of(runs)['class_names']
+  shares = {method: [predicted_shares(r, label) for r in results]
+            for method, results in _finished_by_method(runs).items()}
+  means = {method: {c: _mean([s.get(c, 0.0) for s in mine]) for c in mine[0]}
+           for method, mine in shares.items()}
+  columns = sorted({c for row in means.values() for c, share in row.items() if share >= smallest},
+                   key=lambda c: (c != label, c))
+  return _table([f'{names[label]} ({label}) predicted as', *(f'{names[c]} ({c})' for c in columns)],
+                [[method, *(_fmt(row.get(c, 0.0)) for c in columns)]
+                 for method, row in means.items()])
+
+
 def runs_table(runs: Runs) -> list[str]:
   """Every run's own row, in the order given."""
   return _table(['run', 'method', 'seed', 'tasks done', 'last accuracy', 'avg. incremental'],
@@ -302,7 +325,8 @@ def _unfinished(runs: Runs) -> list[str]:
 
 
 def report_markdown(runs: Runs, groups: dict[str, list[int]], classes: list[int],
-                    reference: str | None, title: str, command: str) -> str:
+                    reference: str | None, title: str, command: str,
+                    confusion: Sequence[int] = ()) -> str:
   """The whole report.md; `command` is the command line that produced it."""
   improvement = (f" Avg. improvement: the mean over tasks 2..N of {reference}'s accuracy minus "
                  "the method's (both means over seeds)." if reference else '')
@@ -325,6 +349,13 @@ def report_markdown(runs: Runs, groups: dict[str, list[int]], classes: list[int]
               'Top-1 (%) of each class: right after the task that introduced it (mean over all '
               'runs), then after the last task (mean over the finished runs of each method).', '',
               *per_class_table(runs, classes), '']
+  if confusion:
+    lines += ['## Where the test images of a class go', '',
+              'After the last task, the % of the class\'s test images predicted as each class '
+              '(mean over the finished runs of each method; classes that take under 1 % for '
+              'every method left out).', '']
+    for label in confusion:
+      lines += [*confusion_table(runs, label), '']
   lines += ['## Every run', '', *runs_table(runs)]
   return '\n'.join(lines) + '\n'
 
@@ -368,6 +399,8 @@ def _flag_values() -> flags.FlagValues:
                             '"fine-grained=0,2,4,6" (repeatable)', flag_values=values)
   flags.DEFINE_string('classes', None, 'dataset label ids for the per-class table, e.g. 0,2,4',
                       flag_values=values)
+  flags.DEFINE_string('confusion', None, 'dataset label ids whose test images to follow: '
+                      'the % predicted as each class, per method, e.g. 7', flag_values=values)
   flags.DEFINE_string('reference', None, 'the method that avg. improvement compares with '
                       '(default: mfgr if present, else no such column)', flag_values=values)
   flags.DEFINE_string('title', 'Comparison of runs', 'the report\'s title', flag_values=values)
@@ -375,8 +408,9 @@ def _flag_values() -> flags.FlagValues:
 
 
 _USAGE = ('python -m mfgr_jax.report RUN_WORKDIR... --out DIR [--groups NAME=IDS]... '
-          '[--classes IDS] [--reference METHOD] [--title TEXT]: writes DIR/report.md and its '
-          'charts from the results.json of several runs of one setting (methods x seeds).')
+          '[--classes IDS] [--confusion IDS] [--reference METHOD] [--title TEXT]: writes '
+          'DIR/report.md and its charts from the results.json of several runs of one setting '
+          '(methods x seeds).')
 
 
 def _parse(argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
@@ -395,7 +429,9 @@ def main(argv: Sequence[str]) -> None:
   runs = load_runs(run_dirs)
   groups = dict(_group(spec) for spec in args.groups)
   classes = _label_ids(args.classes, '--classes') if args.classes else []
-  _check_labels(runs, classes + [label for labels in groups.values() for label in labels])
+  confusion = _label_ids(args.confusion, '--confusion') if args.confusion else []
+  _check_labels(runs, classes + confusion +
+                [label for labels in groups.values() for label in labels])
   reference = _reference(runs, args.reference)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
@@ -403,7 +439,8 @@ def main(argv: Sequence[str]) -> None:
   write_png(out / 'old_new.png', old_new_bars(runs))
   command = 'python -m mfgr_jax.report ' + shlex.join(argv)
   write_atomic(out / 'report.md',
-               report_markdown(runs, groups, classes, reference, args.title, command))
+               report_markdown(runs, groups, classes, reference, args.title, command,
+                               confusion))
   print(f"mfgr_jax.report: wrote {out / 'report.md'}")
 
 

@@ -130,6 +130,21 @@ def test_per_class_table(tmp_path):
   assert _row(rows, 'mfgr') == '| mfgr | 100.00 | 100.00 |'
 
 
+def test_confusion_table_follows_a_class_s_test_images(tmp_path):
+  # Label 0 is output 1: `diagonal[1]` of its 10 images stay, the rest go to output 2 (label 1).
+  text = _report(tmp_path, {'a': _results('lwf', 0, diagonal=(10, 6, 10)),
+                            'b': _results('lwf', 1, diagonal=(10, 8, 10)),
+                            'c': _results('mfgr', 0)},
+                 '--confusion', '0')
+  rows = _section(text, 'Where the test images of a class go')
+  # Label 2 takes none of them for any method: left out.
+  assert rows[0] == '| zero (0) predicted as | zero (0) | one (1) |'
+  assert _row(rows, 'lwf') == '| lwf | 70.00 | 30.00 |'
+  assert _row(rows, 'mfgr') == '| mfgr | 100.00 | 0.00 |'
+  (tmp_path / 'plain').mkdir()
+  assert 'Where the test images' not in _report(tmp_path / 'plain', {'c': _results('mfgr', 0)})
+
+
 def test_charts_are_written_and_embedded(tmp_path):
   text = _report(tmp_path, {'a': _results('lwf', 0, diagonal=(10, 5, 0)), 'b': _results('mfgr', 0)})
   for name in ('accuracy_curves.png', 'old_new.png'):
@@ -197,6 +212,7 @@ def test_missing_results_is_one_line(tmp_path):
 def test_unknown_label_id_is_one_line(tmp_path):
   dirs = _write_runs(tmp_path, {'a': _results('mfgr', 0)})
   _one_line_error(dirs + ['--classes', '0,7', '--out', str(tmp_path / 'out')], r'\[7\]')
+  _one_line_error(dirs + ['--confusion', '9', '--out', str(tmp_path / 'out')], r'\[9\]')
 
 
 def test_classifier_seconds_include_a_head_phase():
