@@ -39,7 +39,7 @@ from absl import logging
 
 from mfgr_jax import command_line
 from mfgr_jax import console
-from mfgr_jax.errors import UserError
+from mfgr_jax.errors import Interrupted, UserError
 from mfgr_jax.methods import get_method
 
 KEPT_FILES = ('results.json', 'config.json')
@@ -134,6 +134,9 @@ def run_main(config: str, workdir: pathlib.Path, args: Sequence[str]) -> None:
   finally:
     for signum, handler in handlers.items():
       signal.signal(signum, handler)
+  if status == Interrupted.exit_status:
+    raise UserError(f'the run in {workdir} was stopped at a checkpoint; run the same study '
+                    'command to continue it and the rest')
   if status:
     raise UserError(f'the run in {workdir} stopped with exit status {status} (its error is '
                     'above); fix it and run the same study command again to go on')

@@ -3,6 +3,7 @@ skipped when kept, the shared task-0 model trained again on a machine without
 the workdirs, and one-line errors before any run."""
 
 import json
+import re
 import os
 import subprocess
 
@@ -121,3 +122,19 @@ def test_the_runs_share_a_compilation_cache_in_the_workdirs(preset, tmp_path, mo
   study.main([f'--config={SMOKE}', '--methods=lwf', '--seeds=0', f'--keep={tmp_path}/k',
               f'--workdirs={tmp_path}/w'])
   assert seen == [preset or str(tmp_path / 'w' / 'xla_cache')]
+
+
+@pytest.mark.parametrize('status, message', [
+    (3, 'was stopped at a checkpoint; run the same study command to continue'),
+    (2, 'stopped with exit status 2 (its error is above)')])
+def test_a_run_that_stops_stops_the_study_in_one_line(status, message, tmp_path, monkeypatch):
+  class Run:  # a `python -m mfgr_jax.main` that exits with `status`
+    def __init__(self, command):
+      self.command = command
+
+    def wait(self):
+      return status
+
+  monkeypatch.setattr(study.subprocess, 'Popen', Run)
+  with pytest.raises(study.UserError, match=re.escape(message)):
+    study.run_main(SMOKE, tmp_path / 'run', ['--config.seed=0'])
