@@ -2,7 +2,7 @@
 
     python -m benchmarks.task_phases --config configs/fashion_finegrained.py:full \\
         --config.method=mfgr --config.init_from=TASK0_WORKDIR [--config.X=Y ...] \\
-        [--runs 2] [--out docs/performance/cpu_task_phases.md]
+        [--runs 2] [--out FILE]
 
 Runs the config twice, each time in a process of its own and a new workdir, with
 one persistent XLA compilation cache (JAX's, `JAX_COMPILATION_CACHE_DIR`, with
@@ -33,12 +33,14 @@ from typing import Callable, Iterator
 from absl import app
 from absl import flags
 import jax
+import ml_collections
 from ml_collections import config_flags
 
 from benchmarks import emit
 from mfgr_jax import console
 from mfgr_jax import stage_runner
 from mfgr_jax import train
+from mfgr_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'the config to time',
                                           lock_config=True)
@@ -107,7 +109,7 @@ def _timed(clock: PhaseClock, phase: str | Callable[..., str], function: Callabl
   return wrapper
 
 
-def time_run(config, workdir: str) -> dict[str, dict[str, float]]:
+def time_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, float]]:
   """Runs `train.run(config, workdir)` with the loop's calls timed; the phases."""
   clock = PhaseClock()
   jax.monitoring.register_event_time_span_listener(clock.on_event_span)
@@ -126,6 +128,7 @@ def time_run(config, workdir: str) -> dict[str, dict[str, float]]:
   finally:
     for owner, name, original in originals:
       setattr(owner, name, original)
+    jax.monitoring.unregister_event_time_span_listener(clock.on_event_span)
   return clock.phases()
 
 
@@ -150,36 +153,48 @@ def markdown(runs: dict[str, dict], description: str) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def _config_arguments(argv: list[str]) -> list[str]:
-  """The command line's --config and --config.X=Y arguments, to pass on."""
-  arguments, take_next = [], False
+def _run_arguments(argv: list[str]) -> list[str]:
+  """The command line without this benchmark's own flags: what each run is given."""
+  own = tuple(f'--{flag.name}' for flag in (_OUT, _RUNS, _CHILD))
+  arguments, skip_value = [], False
   for arg in argv:
-    if take_next or arg.startswith('--config'):
+    if skip_value:
+      skip_value = False
+    elif arg in own:
+      skip_value = True
+    elif not arg.startswith(tuple(f'{name}=' for name in own)):
       arguments.append(arg)
-    take_next = arg == '--config'
   return arguments
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    raise SystemExit(f'task_phases: error: unexpected arguments {argv[1:]}')
+  if _CONFIG.value is None:
+    raise SystemExit('task_phases: error: --config=FILE is required; see --help')
   console.install(verbose=False)
   if _CHILD.value:
-    phases = time_run(_CONFIG.value, _CHILD.value)
+    try:
+      phases = time_run(_CONFIG.value, _CHILD.value)
+    except UserError as e:
+      raise SystemExit(f'task_phases: error: {e}') from None
     pathlib.Path(_CHILD.value, 'phases.json').write_text(json.dumps(phases))
     return
+  arguments = _run_arguments(sys.argv[1:])
   runs = {}
   with tempfile.TemporaryDirectory(prefix='task_phases_') as folder:
     environment = dict(os.environ, JAX_COMPILATION_CACHE_DIR=f'{folder}/cache')
     for i, run in enumerate(RUNS[:_RUNS.value]):
       workdir = f'{folder}/run{i}'
-      subprocess.run([sys.executable, '-m', 'benchmarks.task_phases', f'--child={workdir}',
-                      *_config_arguments(sys.argv[1:])], env=environment, check=True)
+      status = subprocess.run([sys.executable, '-m', 'benchmarks.task_phases',
+                               f'--child={workdir}', *arguments], env=environment).returncode
+      if status:
+        raise SystemExit(f'task_phases: error: run {i + 1} ({run}) stopped with exit status '
+                         f'{status}; its error is above')
       runs[run] = json.loads(pathlib.Path(workdir, 'phases.json').read_text())
-  config = _CONFIG.value
-  description = (f"jax {jax.__version__} ({jax.default_backend()}), "
-                 f"`{' '.join(_config_arguments(sys.argv[1:]))}`: method {config.method}, "
-                 'seconds per phase of the whole run (of them compiling, in brackets).')
+  description = (f"jax {jax.__version__} ({jax.default_backend()}), `{' '.join(arguments)}`: "
+                 f'method {_CONFIG.value.method}, seconds per phase of the whole run (of them '
+                 'compiling, in brackets).')
   emit(markdown(runs, description), _OUT.value)
 
 

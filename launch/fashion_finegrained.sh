@@ -8,7 +8,7 @@
 #
 #   launch/fashion_finegrained.sh [SEEDS...]       issue 3's budget (seeds 0 1 2 by default)
 #   BUDGET=full COMMIT=1 launch/fashion_finegrained.sh
-#                        the budget where the methods separate (configs/fashion_finegrained.py:full)
+#       the budget where the methods separate (configs/fashion_finegrained.py:full)
 #   METHODS="lwf lwm" OUT=docs/some_report launch/fashion_finegrained.sh   (a subset)
 #   EXTRA="--config.data.data_dir=/tmp/tfds" launch/fashion_finegrained.sh
 set -euo pipefail
@@ -16,12 +16,13 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 case "${BUDGET:-quick}" in
   quick) CONFIG=configs/fashion_finegrained.py NAME=fashion_finegrained
-         ALL="finetune lwf ewc mas muc_mas lwm muc_lwf icarl lwf_g_bn mfgr deepinversion icarl_mfgr abd rdfcil"
+         ALL="finetune lwf ewc mas muc_mas lwm muc_lwf icarl lwf_g_bn mfgr deepinversion"
+         ALL="$ALL icarl_mfgr abd rdfcil"
          TITLE="Fashion-MNIST, fine-grained old classes (configs/fashion_finegrained.py)" ;;
   full) CONFIG=configs/fashion_finegrained.py:full NAME=fashion_finegrained_full
         # Cheap methods first; iCaRL (2000 exemplars) is the memory-based reference.
         ALL="finetune lwf ewc mas muc_mas lwm icarl lwf_g_bn mfgr deepinversion abd rdfcil"
-        TITLE="Fashion-MNIST, fine-grained old classes, full budget (configs/fashion_finegrained.py:full)" ;;
+        TITLE="Fashion-MNIST, fine-grained old classes, full budget ($CONFIG)" ;;
   *) echo "launch/fashion_finegrained.sh: BUDGET=$BUDGET is not quick or full" >&2; exit 2 ;;
 esac
 ROOT=${ROOT:-workdirs/$NAME}

@@ -50,11 +50,16 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return optax.adam(config.learning_rate, b1=0.9, b2=0.999, eps=1e-8)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _initial_params(generator: nn.Module, key: jax.Array) -> Any:
+  # Jitted (once per generator shape; bitwise the same numbers as eager): else each
+  # initialiser compiles op by op, and nothing of that is kept by the persistent cache.
+  return generator.init(key, jnp.zeros((2, generator.latent_dim)))['params']
+
+
 def init_state(generator: nn.Module, key: jax.Array,
                tx: optax.GradientTransformation) -> GeneratorState:
-  # Jitted: one compilation (cached with the steps') instead of one per initialiser
-  # and shape, op by op; the same numbers.
-  params = jax.jit(generator.init)(key, jnp.zeros((2, generator.latent_dim)))['params']
+  params = _initial_params(generator, key)
   return GeneratorState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 

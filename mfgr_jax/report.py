@@ -254,27 +254,34 @@ def per_class_table(runs: Runs, classes: list[int]) -> list[str]:
   return _table(['', *(first['class_names'][label] for label in classes)], rows)
 
 
-def predicted_shares(results: dict, label: int, task: int = -1) -> dict[int, float]:
-  """Where the test images of `label` (a dataset id) went after `task`: % predicted as
-  each seen class (dataset ids), from the confusion matrix (rows true, columns predicted)."""
-  matrix = np.asarray(results['confusion_matrix'][task], dtype=float)
+# The confusion table leaves out the classes that take less than this % for every method.
+CONFUSION_SHARE_SHOWN = 1.0
+
+
+def predicted_shares(results: dict, label: int) -> dict[int, float]:
+  """Where the test images of `label` (a dataset id) went after the last task: % predicted
+  as each seen class (dataset ids), from the confusion matrix (rows true, columns predicted)."""
+  matrix = np.asarray(results['confusion_matrix'][-1], dtype=float)
   row = matrix[results['class_order'].index(label)]
   return {results['class_order'][o]: 100.0 * count / row.sum() for o, count in enumerate(row)}
 
 
-def confusion_table(runs: Runs, label: int, smallest: float = 1.0) -> list[str]:
-  """Per method (mean over finished runs), the % of `label`'s test images predicted as each
-  class after the last task; only the classes that take >= `smallest` % for some method."""
+def confusion_table(runs: Runs, label: int) -> list[str]:
+  """Per method with finished runs (mean over them), the % of `label`'s test images predicted
+  as each class after the last task: `label` itself, then the classes that take at least
+  `CONFUSION_SHARE_SHOWN` % for some method."""
   names = _setting_of(runs)['class_names']
-  shares = {method: [predicted_shares(r, label) for r in results]
-            for method, results in _finished_by_method(runs).items()}
-  means = {method: {c: _mean([s.get(c, 0.0) for s in mine]) for c in mine[0]}
-           for method, mine in shares.items()}
-  columns = sorted({c for row in means.values() for c, share in row.items() if share >= smallest},
-                   key=lambda c: (c != label, c))
-  return _table([f'{names[label]} ({label}) predicted as', *(f'{names[c]} ({c})' for c in columns)],
-                [[method, *(_fmt(row.get(c, 0.0)) for c in columns)]
-                 for method, row in means.items()])
+  means = {}
+  for method, results in _finished_by_method(runs).items():
+    shares = [predicted_shares(r, label) for r in results]
+    if shares:
+      means[method] = {c: _mean([s[c] for s in shares]) for c in shares[0]}
+  shown = {c for row in means.values() for c, share in row.items()
+           if share >= CONFUSION_SHARE_SHOWN or c == label}
+  columns = sorted(shown, key=lambda c: (c != label, c))  # the class itself first
+  header = [f'{names[label]} ({label}) predicted as', *(f'{names[c]} ({c})' for c in columns)]
+  return _table(header, [[method, *(_fmt(row[c]) for c in columns)]
+                         for method, row in means.items()])
 
 
 def runs_table(runs: Runs) -> list[str]:
@@ -352,8 +359,8 @@ def report_markdown(runs: Runs, groups: dict[str, list[int]], classes: list[int]
   if confusion:
     lines += ['## Where the test images of a class go', '',
               'After the last task, the % of the class\'s test images predicted as each class '
-              '(mean over the finished runs of each method; classes that take under 1 % for '
-              'every method left out).', '']
+              '(mean over the finished runs of each method; other classes that take under '
+              f'{CONFUSION_SHARE_SHOWN:g} % for every method left out).', '']
     for label in confusion:
       lines += [*confusion_table(runs, label), '']
   lines += ['## Every run', '', *runs_table(runs)]

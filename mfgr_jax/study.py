@@ -18,10 +18,12 @@ an unfinished one resumes from its workdir's checkpoint, as main does when run
 again. On another machine (no workdirs) a seed's task-0 model is trained again
 from the same config and seed before its remaining methods run. The runs share
 JAX's persistent compilation cache, WORKDIRS/xla_cache (or $JAX_COMPILATION_CACHE_DIR
-where set), so that a program is compiled once per study, not once per run.
+where set), so that each program is compiled once per study, not once per run (JAX
+keeps those that took over a second to compile).
 `python -m mfgr_jax.report KEEP/<method>-seed*...` reads the kept folders (not the
 task0-seed* ones: those are finetune runs of task 0 alone). Ctrl-C or SIGTERM stops
-the run in progress at a checkpoint (main's exit 3); the same command continues it.
+the run in progress at a checkpoint, and the study with main's exit status 3; the same
+command continues it.
 """
 
 import json
@@ -135,8 +137,8 @@ def run_main(config: str, workdir: pathlib.Path, args: Sequence[str]) -> None:
     for signum, handler in handlers.items():
       signal.signal(signum, handler)
   if status == Interrupted.exit_status:
-    raise UserError(f'the run in {workdir} was stopped at a checkpoint; run the same study '
-                    'command to continue it and the rest')
+    raise Interrupted(f'the run in {workdir} was stopped at a checkpoint; run the same study '
+                      'command to continue it and the rest')
   if status:
     raise UserError(f'the run in {workdir} stopped with exit status {status} (its error is '
                     'above); fix it and run the same study command again to go on')
@@ -215,6 +217,9 @@ def main(argv: Sequence[str]) -> None:
     kept = run_study(values.config, values.methods, [int(s) for s in values.seeds],
                      pathlib.Path(values.keep), pathlib.Path(values.workdirs),
                      _method_args(values.method_args), extra, values.commit)
+  except Interrupted as e:  # main's exit status: stopped at a checkpoint, nothing wrong
+    print(f'mfgr_jax.study: {e}', file=sys.stderr, flush=True)
+    raise SystemExit(e.exit_status) from None
   except UserError as e:
     raise SystemExit(f'mfgr_jax.study: error: {e}') from None
   print('\n'.join(['mfgr_jax.study: every run is kept:'] + [str(k) for k in kept]))

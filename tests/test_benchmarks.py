@@ -88,6 +88,13 @@ def test_time_run_charges_each_phase_of_a_real_run(tmp_path):
   whole = sum(p['seconds'] for p in phases.values())
   assert (tmp_path / 'results.json').exists() and whole > phases['classifier']['seconds']
   # The loop's functions are themselves again.
-  assert stage_runner.StageRunner.run.__qualname__ == 'StageRunner.run'
-  assert train.evaluate.__module__ == 'mfgr_jax.train' and not hasattr(train.evaluate,
-                                                                       '__wrapped__')
+  runner = stage_runner.StageRunner
+  for function in (runner.run, runner.save, train.save_task, train.evaluate, train.after_task):
+    assert not hasattr(function, '__wrapped__'), function
+
+
+def test_each_run_gets_the_command_line_without_the_benchmark_s_own_flags():
+  argv = ['--config', 'c.py', '--config.method', 'mfgr', '--runs', '1', '--out=t.md',
+          '--config.init_from=/x', '--out', 'u.md', '--child=w', '--config.seed', '3']
+  assert task_phases._run_arguments(argv) == [
+      '--config', 'c.py', '--config.method', 'mfgr', '--config.init_from=/x', '--config.seed', '3']

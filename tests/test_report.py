@@ -132,15 +132,21 @@ def test_per_class_table(tmp_path):
 
 def test_confusion_table_follows_a_class_s_test_images(tmp_path):
   # Label 0 is output 1: `diagonal[1]` of its 10 images stay, the rest go to output 2 (label 1).
-  text = _report(tmp_path, {'a': _results('lwf', 0, diagonal=(10, 6, 10)),
-                            'b': _results('lwf', 1, diagonal=(10, 8, 10)),
-                            'c': _results('mfgr', 0)},
-                 '--confusion', '0')
-  rows = _section(text, 'Where the test images of a class go')
+  text = _report(tmp_path, {'a': _results('lwf', 0, diagonal=(10, 6, 0)),
+                            'b': _results('lwf', 1, diagonal=(10, 8, 0)),
+                            'c': _results('mfgr', 0, diagonal=(10, 10, 0)),
+                            'd': _results('ewc', 0, done=2)},  # unfinished: no row
+                 '--confusion', '0,1')
+  zero, one = text.split('\n\n| one (1) predicted as')
+  rows = _section(zero, 'Where the test images of a class go')
   # Label 2 takes none of them for any method: left out.
   assert rows[0] == '| zero (0) predicted as | zero (0) | one (1) |'
   assert _row(rows, 'lwf') == '| lwf | 70.00 | 30.00 |'
   assert _row(rows, 'mfgr') == '| mfgr | 100.00 | 0.00 |'
+  assert len(rows) == 4  # header, rule, lwf, mfgr
+  # Label 1 (output 2): all wrong for every method, yet its own column stays.
+  assert one.splitlines()[:4] == [' | one (1) | two (2) |', '|---|---|---|',
+                                  '| lwf | 0.00 | 100.00 |', '| mfgr | 0.00 | 100.00 |']
   (tmp_path / 'plain').mkdir()
   assert 'Where the test images' not in _report(tmp_path / 'plain', {'c': _results('mfgr', 0)})
 

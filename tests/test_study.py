@@ -138,3 +138,9 @@ def test_a_run_that_stops_stops_the_study_in_one_line(status, message, tmp_path,
   monkeypatch.setattr(study.subprocess, 'Popen', Run)
   with pytest.raises(study.UserError, match=re.escape(message)):
     study.run_main(SMOKE, tmp_path / 'run', ['--config.seed=0'])
+  # The study's own exit status: main's 3 for a stop at a checkpoint, else an error (1).
+  with pytest.raises(SystemExit) as exit_:
+    study.main([f'--config={SMOKE}', '--methods=lwf', '--seeds=0', f'--keep={tmp_path}/k',
+                f'--workdirs={tmp_path}/w'])
+  assert exit_.value.code == 3 if status == 3 else str(exit_.value.code).startswith(
+      'mfgr_jax.study: error: the run in')
