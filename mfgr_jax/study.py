@@ -70,8 +70,8 @@ def _flag_values() -> flags.FlagValues:
 def is_finished(folder: pathlib.Path) -> bool:
   """Whether the run in `folder` (a workdir or a kept run) evaluated every task it
   planned: its config's `scenario.num_tasks` (0: all of results.json's tasks)."""
+  results = load_results(folder)
   try:
-    results = json.loads((folder / 'results.json').read_text())
     planned = json.loads((folder / 'config.json').read_text())['scenario']['num_tasks']
     return len(results['accuracy']) == (planned or len(results['tasks']))
   except (OSError, ValueError, KeyError, TypeError):  # absent, half-written or not a run's
