@@ -20,8 +20,9 @@ case "${BUDGET:-quick}" in
          ALL="$ALL icarl_mfgr abd rdfcil"
          TITLE="Fashion-MNIST, fine-grained old classes (configs/fashion_finegrained.py)" ;;
   full) CONFIG=configs/fashion_finegrained.py:full NAME=fashion_finegrained_full
-        # Cheap methods first; iCaRL (2000 exemplars) is the memory-based reference.
-        ALL="finetune lwf ewc mas muc_mas lwm icarl lwf_g_bn mfgr deepinversion abd rdfcil"
+        # Cheap methods first; iCaRL (2000 exemplars) is the memory-based reference; g_bn
+        # (no distillation on real images) asks whether kd_real is what loses Sneaker.
+        ALL="finetune lwf ewc mas muc_mas lwm icarl lwf_g_bn g_bn mfgr deepinversion abd rdfcil"
         TITLE="Fashion-MNIST, fine-grained old classes, full budget ($CONFIG)" ;;
   *) echo "launch/fashion_finegrained.sh: BUDGET=$BUDGET is not quick or full" >&2; exit 2 ;;
 esac
@@ -32,9 +33,13 @@ METHODS=$(echo ${METHODS:-$ALL} | tr ' ' ',')
 "$PY" -m mfgr_jax.study --config="$CONFIG" --methods="$METHODS" --seeds="$SEEDS" \
   --keep="$OUT/runs" --workdirs="$ROOT" --commit="${COMMIT:-0}" \
   --method_args=abd=--config.replay.single_pass=True -- ${EXTRA:-}
+# The report covers every kept run of this budget, not only this command's METHODS and
+# SEEDS, so running a subset does not shrink it.
 runs=()
-for method in ${METHODS//,/ }; do
-  for seed in ${SEEDS//,/ }; do runs+=("$OUT/runs/$method-seed$seed"); done
+for method in $ALL ${METHODS//,/ }; do
+  for run in "$OUT/runs/$method"-seed*; do
+    [[ -f $run/results.json && " ${runs[*]} " != *" $run "* ]] && runs+=("$run")
+  done
 done
 "$PY" -m mfgr_jax.report "${runs[@]}" \
   --groups "fine-grained old=0,2,4,6" --groups "easy old=1,8" --groups "new=3,5,7,9" \
