@@ -43,4 +43,4 @@ for method in $ALL ${METHODS//,/ }; do
 done
 "$PY" -m mfgr_jax.report "${runs[@]}" \
   --groups "fine-grained old=0,2,4,6" --groups "easy old=1,8" --groups "new=3,5,7,9" \
-  --classes 0,2,4,6,1,8 --confusion 1,6,7 --title "$TITLE" --out "$OUT"
+  --classes 0,2,4,6,1,8 --confusion 1,6,7,8 --title "$TITLE" --out "$OUT"
