@@ -26,6 +26,7 @@ import PIL.Image
 
 from mfgr_jax import command_line
 from mfgr_jax import plots
+from mfgr_jax.results import FILE_NAME, read_results
 
 
 def write_atomic(path: pathlib.Path, text: str) -> None:
@@ -99,10 +100,10 @@ def load_runs(dirs: Sequence[str]) -> Runs:
   """Reads each run's results; all must share the first run's dataset, class order and tasks."""
   runs = {}
   for run in dirs:
-    path = pathlib.Path(run) / 'results.json'
-    if not path.is_file():
-      raise _error(f'{path} not found; pass workdirs of runs that finished at least one task')
-    runs[run] = json.loads(path.read_text())
+    runs[run] = read_results(run)
+    if runs[run] is None:
+      raise _error(f'{pathlib.Path(run) / FILE_NAME} is missing or unreadable; pass workdirs '
+                   'of runs that finished at least one task')
   first = dirs[0]
   for run, results in runs.items():
     for key in _SETTING:

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import pathlib
 from typing import TYPE_CHECKING
 
 from mfgr_jax import evaluation
 
 if TYPE_CHECKING:
   from mfgr_jax.experiment import Experiment
+
+
+FILE_NAME = 'results.json'
+
+
+def read_results(folder: str | pathlib.Path) -> dict | None:
+  """The results.json in `folder` (a workdir or a kept run), or None where there is
+  none that can be read (absent, or cut short by a kill of another writer)."""
+  try:
+    return json.loads((pathlib.Path(folder) / FILE_NAME).read_text())
+  except (OSError, ValueError):
+    return None
 
 
 def new_results(experiment: Experiment) -> dict:

@@ -43,8 +43,9 @@ from mfgr_jax import command_line
 from mfgr_jax import console
 from mfgr_jax.errors import Interrupted, UserError
 from mfgr_jax.methods import get_method
+from mfgr_jax.results import FILE_NAME, read_results
 
-KEPT_FILES = ('results.json', 'config.json')
+KEPT_FILES = (FILE_NAME, 'config.json')
 # What the study sets for each run itself: not accepted after `--`.
 PER_RUN = ('--config.seed', '--config.method', '--config.init_from')
 
@@ -70,11 +71,13 @@ def _flag_values() -> flags.FlagValues:
 def is_finished(folder: pathlib.Path) -> bool:
   """Whether the run in `folder` (a workdir or a kept run) evaluated every task it
   planned: its config's `scenario.num_tasks` (0: all of results.json's tasks)."""
-  results = load_results(folder)
+  results = read_results(folder)
+  if results is None:
+    return False
   try:
     planned = json.loads((folder / 'config.json').read_text())['scenario']['num_tasks']
     return len(results['accuracy']) == (planned or len(results['tasks']))
-  except (OSError, ValueError, KeyError, TypeError):  # absent, half-written or not a run's
+  except (OSError, ValueError, KeyError, TypeError):  # no config.json, or not a run's
     return False
 
 
@@ -110,14 +113,6 @@ def _commit(kept: pathlib.Path) -> None:
                     f'{detail.decode(errors="replace").strip()[:200]}); is --keep inside a git '
                     'repository with user.name and user.email set? Commit it by hand or drop '
                     '--commit, then run the same command again') from None
-
-
-def load_results(folder: pathlib.Path) -> dict | None:
-  """The run's results.json, or None where there is none that can be read."""
-  try:
-    return json.loads((folder / 'results.json').read_text())
-  except (OSError, ValueError):
-    return None
 
 
 def run_main(config: str, workdir: pathlib.Path, args: Sequence[str]) -> None:
@@ -156,7 +151,7 @@ def run_study(config: str, methods: Sequence[str], seeds: Sequence[int], keep: p
     if pending and not is_finished(task0):
       run_main(config, task0, seed_args + ['--config.method=finetune',
                                            '--config.scenario.num_tasks=1'])
-    if is_finished(task0) and load_results(task0) != load_results(keep / f'task0-seed{seed}'):
+    if is_finished(task0) and read_results(task0) != read_results(keep / f'task0-seed{seed}'):
       keep_run(task0, keep / f'task0-seed{seed}', commit)  # new, or trained again elsewhere
     for method in methods:
       kept = keep / f'{method}-seed{seed}'

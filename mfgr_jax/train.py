@@ -32,7 +32,7 @@ from mfgr_jax.data.sampler import BatchSampler
 from mfgr_jax.errors import Interrupted
 from mfgr_jax.experiment import Experiment, build_experiment, check_config
 from mfgr_jax.models.resnet import LOSS_PARAMS, widen_head
-from mfgr_jax.results import record_task
+from mfgr_jax.results import FILE_NAME, record_task
 from mfgr_jax.scenario import Task
 from mfgr_jax.stage_runner import StageRunner
 
@@ -289,7 +289,7 @@ def save_task(experiment: Experiment, task: Task, variables: dict, method_state:
                                {'results': results, 'fingerprint': experiment.fingerprint()},
                                method_state)
   if parallel.is_main_process():
-    report.write_json(experiment.workdir / 'results.json', results)
+    report.write_json(experiment.workdir / FILE_NAME, results)
     report.write_atomic(experiment.workdir / 'report.md', report.results_markdown(results))
   logging.info('After task %d: accuracy %s%% (old %s, new %s); per task %s', task.index,
                rounded(metrics['accuracy']), rounded(metrics['old_accuracy']),

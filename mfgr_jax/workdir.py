@@ -16,7 +16,7 @@ from mfgr_jax import report
 from mfgr_jax.checkpoints import Checkpoints
 from mfgr_jax.errors import UserError
 from mfgr_jax.experiment import Experiment
-from mfgr_jax.results import new_results
+from mfgr_jax.results import FILE_NAME, new_results
 from mfgr_jax.scenario import Task
 
 # What a shared task-0 model must agree on: task 0 trains the same way for
@@ -119,7 +119,7 @@ def resume(experiment: Experiment, checkpoints: Checkpoints) -> tuple[dict, Any,
 def restore_outputs(workdir: pathlib.Path, results: dict) -> None:
   """Rewrites results.json and report.md from `results` (the checkpoints') where
   they are missing, unreadable or different, and says so."""
-  outputs = {'results.json': report.json_text(results),
+  outputs = {FILE_NAME: report.json_text(results),
              'report.md': report.results_markdown(results)}
   for name, text in outputs.items():
     path = workdir / name

@@ -8,7 +8,6 @@ Test file names must be unique across the folders (there are no __init__.py).
 """
 
 import atexit
-import json
 import os
 import pathlib
 import shutil
@@ -44,6 +43,8 @@ os.environ.update(JAX_COMPILATION_CACHE_DIR=_XLA_CACHE,
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
+from mfgr_jax.results import read_results
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # so that `configs` imports as in `python -m mfgr_jax.main`
 SMOKE = str(REPO / 'configs' / 'smoke.py')
@@ -56,7 +57,9 @@ def comparable(results: dict) -> dict:
 
 
 def load_results(workdir) -> dict:
-  return json.loads((pathlib.Path(workdir) / 'results.json').read_text())
+  results = read_results(workdir)
+  assert results is not None, f'{workdir} has no readable results.json'
+  return results
 
 
 def env(devices: int) -> dict:

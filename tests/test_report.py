@@ -212,7 +212,14 @@ def test_different_class_orders_refuse_in_one_line(tmp_path):
 
 
 def test_missing_results_is_one_line(tmp_path):
-  _one_line_error([str(tmp_path), '--out', str(tmp_path / 'out')], 'results.json not found')
+  _one_line_error([str(tmp_path), '--out', str(tmp_path / 'out')],
+                  'results.json is missing or unreadable')
+
+
+def test_half_written_results_is_one_line(tmp_path):
+  (tmp_path / 'results.json').write_text('{"method": "mfgr", "accur')  # a copy cut short
+  _one_line_error([str(tmp_path), '--out', str(tmp_path / 'out')],
+                  'results.json is missing or unreadable')
 
 
 def test_unknown_label_id_is_one_line(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mfgr_jax import evaluation
-from mfgr_jax.results import new_results, record_task
+from mfgr_jax.results import new_results, read_results, record_task
 
 # Two tasks of two classes; output index c is label ORDER[c].
 ORDER = [3, 1, 0, 2]
@@ -75,3 +75,11 @@ def test_record_task_appends_each_task_and_refreshes_the_summaries():
   assert results['seconds'][1] == {'classifier': 2.0, 'eval': 0.2}
   assert results['throughput'] == [{}, {'train_images_per_second': 10.0}]
   assert results['skipped_steps'] == [{'classifier': 2}, {}]
+
+
+def test_read_results_is_none_unless_the_file_reads_whole(tmp_path):
+  assert read_results(tmp_path) is None
+  (tmp_path / 'results.json').write_text('{"accuracy": [90.0, 6')  # cut short by a kill
+  assert read_results(tmp_path) is None
+  (tmp_path / 'results.json').write_text('{"accuracy": [90.0, 60.0]}')
+  assert read_results(str(tmp_path)) == {'accuracy': [90.0, 60.0]}
