@@ -134,9 +134,11 @@ def run_main(config: str, workdir: pathlib.Path, args: Sequence[str]) -> None:
   if status == Interrupted.exit_status:
     raise Interrupted(f'the run in {workdir} was stopped at a checkpoint; run the same study '
                       'command to continue it and the rest')
-  if status in (-signal.SIGTERM, -signal.SIGINT):  # stopped while starting, before main's handler
-    raise Interrupted(f'the run in {workdir} was stopped before its first checkpoint; run the '
-                      'same study command to start it again and run the rest')
+  # Killed by the signal while it started (before main's handler), or main's own exit
+  # at a second signal (128 + signal): a stop, not an error.
+  if status in (-signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT):
+    raise Interrupted(f'the run in {workdir} was stopped by a signal without a new checkpoint; '
+                      'run the same study command to continue it from its last one')
   if status:
     raise UserError(f'the run in {workdir} stopped with exit status {status} (its error is '
                     'above); fix it and run the same study command again to go on')

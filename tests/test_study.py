@@ -126,7 +126,8 @@ def test_the_runs_share_a_compilation_cache_in_the_workdirs(preset, tmp_path, mo
 
 @pytest.mark.parametrize('status, message', [
     (3, 'was stopped at a checkpoint; run the same study command to continue'),
-    (-15, 'was stopped before its first checkpoint; run the same study command to start it'),
+    (-15, 'was stopped by a signal without a new checkpoint; run the same study command'),
+    (143, 'was stopped by a signal without a new checkpoint; run the same study command'),
     (2, 'stopped with exit status 2 (its error is above)')])
 def test_a_run_that_stops_stops_the_study_in_one_line(status, message, tmp_path, monkeypatch):
   class Run:  # a `python -m mfgr_jax.main` that exits with `status`
@@ -139,10 +140,10 @@ def test_a_run_that_stops_stops_the_study_in_one_line(status, message, tmp_path,
   monkeypatch.setattr(study.subprocess, 'Popen', Run)
   with pytest.raises(study.UserError, match=re.escape(message)):
     study.run_main(SMOKE, tmp_path / 'run', ['--config.seed=0'])
-  # The study's own exit status: main's 3 for a stop (SIGTERM while the run started
-  # included: it dies of the signal before main handles it), else an error (1).
+  # The study's own exit status: main's 3 for a stop (also a SIGTERM while the run
+  # started, before main handles it, and main's exit 143 at a second SIGTERM), else 1.
   with pytest.raises(SystemExit) as exit_:
     study.main([f'--config={SMOKE}', '--methods=lwf', '--seeds=0', f'--keep={tmp_path}/k',
                 f'--workdirs={tmp_path}/w'])
-  assert exit_.value.code == 3 if status in (3, -15) else str(exit_.value.code).startswith(
+  assert exit_.value.code == 3 if status in (3, -15, 143) else str(exit_.value.code).startswith(
       'mfgr_jax.study: error: the run in')
