@@ -31,11 +31,12 @@ sys.exit(int(os.environ.get('STUDY_STATUS', '0')) if sys.argv[2] == 'mfgr_jax.st
   return fake
 
 
-def _launch(tmp_path: pathlib.Path, **env: str) -> tuple[subprocess.CompletedProcess, list]:
-  """Runs the script with the fake interpreter; returns it and the calls it made."""
+def _launch(tmp_path: pathlib.Path, *args: str,
+            **env: str) -> tuple[subprocess.CompletedProcess, list]:
+  """Runs the script with `args` and the fake interpreter; returns it and the calls it made."""
   environment = dict(os.environ, PY=str(_fake_python(tmp_path)), OUT=str(tmp_path / 'out'),
                      ROOT=str(tmp_path / 'root'), **env)
-  process = subprocess.run(['bash', str(SCRIPT)], env=environment, capture_output=True,
+  process = subprocess.run(['bash', str(SCRIPT), *args], env=environment, capture_output=True,
                            text=True, timeout=60)
   calls_file = tmp_path / 'calls.jsonl'
   calls = [json.loads(line) for line in calls_file.read_text().splitlines()
@@ -85,10 +86,8 @@ def test_full_budget_runs_the_named_subset_and_reports_every_kept_run(tmp_path):
 
 def test_seeds_given_as_arguments_and_the_quick_budget(tmp_path):
   _keep(tmp_path, 'lwf-seed4')
-  environment = dict(os.environ, PY=str(_fake_python(tmp_path)), OUT=str(tmp_path / 'out'),
-                     ROOT=str(tmp_path / 'root'), METHODS='lwf')
-  subprocess.run(['bash', str(SCRIPT), '4', '5'], env=environment, check=True, timeout=60)
-  study = json.loads((tmp_path / 'calls.jsonl').read_text().splitlines()[0])
+  process, (study, _) = _launch(tmp_path, '4', '5', METHODS='lwf')
+  assert process.returncode == 0, process.stderr
   assert _flag(study, 'config') == 'configs/fashion_finegrained.py'
   assert _flag(study, 'seeds') == '4,5'
   assert _flag(study, 'commit') == '0'
