@@ -2,22 +2,29 @@
 
 One process: our handlers note the first signal and the outer loop stops at
 its next step (`requested`); a second signal ends the process at once (the
-last checkpoint stays valid, as after kill -9). Several processes must stop at
-the same step, so there JAX's preemption sync point decides (it listens for
-SIGTERM itself, e.g. a TPU maintenance event or SLURM's --signal).
+last checkpoint stays valid, as after kill -9). Work without steps to save
+between (a method's after-task work) runs `unsaved(...)`: a first signal there
+stops it at once, as waiting for its end could take minutes and save nothing
+more. Several processes must stop at the same step, so there JAX's preemption
+sync point decides (it listens for SIGTERM itself, e.g. a TPU maintenance
+event or SLURM's --signal).
 """
 
+import contextlib
 import os
 import signal
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 from jax.experimental import multihost_utils
+
+from mfgr_jax.errors import Interrupted
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _received: list[str] = []
 _previous: dict[int, Any] = {}
 _last_sync: list[tuple[int, str | None]] = []  # JAX's sync point needs increasing step ids
+_unsaved: list[str] = []  # the work `unsaved` runs now, innermost last
 
 
 def _note(signum: int, frame: Any) -> None:
@@ -25,6 +32,29 @@ def _note(signum: int, frame: Any) -> None:
   if _received:
     os._exit(128 + signum)  # pylint: disable=protected-access
   _received.append(signal.Signals(signum).name)
+  if _unsaved:
+    raise _stopped_during(_unsaved[-1])
+
+
+def _stopped_during(work: str) -> Interrupted:
+  return Interrupted(f'stopped by {_received[0]} during {work}, which saves nothing until it '
+                     'ends; run the same command to continue from the last checkpoint (it does '
+                     'this work again)')
+
+
+@contextlib.contextmanager
+def unsaved(work: str) -> Iterator[None]:
+  """Runs the body as `work` (e.g. 'task 0 importance'), which has no checkpoint of
+  its own: a signal before or during it raises `Interrupted` at once (as
+  KeyboardInterrupt does) rather than after it. Single-process runs only: with
+  several, the sync point in `requested` decides, at the next step."""
+  if _received:
+    raise _stopped_during(work)
+  _unsaved.append(work)
+  try:
+    yield
+  finally:
+    _unsaved.pop()
 
 
 def install() -> None:

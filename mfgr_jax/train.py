@@ -259,11 +259,16 @@ def _batch_sampler(experiment: Experiment, task: Task, method_state: Any, order_
 
 def after_task(experiment: Experiment, task: Task, variables: dict, method_state: Any,
                seconds: dict) -> Any:
-  """The method's state after `task` (`Method.after_task`), timed in `seconds`."""
+  """The method's state after `task` (`Method.after_task`), timed in `seconds`. It
+  is saved with the task, so a signal stops it at once (`preemption.unsaved`)."""
+  name = experiment.method.after_task_name
+  if name:  # it may take minutes without a step to log
+    logging.info('task %d %s: starts (saved with the task when it ends)', task.index, name)
   start = time.time()
-  method_state = experiment.method.after_task(experiment, task, variables, method_state)
-  if experiment.method.after_task_name:
-    seconds[experiment.method.after_task_name] = time.time() - start
+  with preemption.unsaved(f'task {task.index} {name or "after-task work"}'):
+    method_state = experiment.method.after_task(experiment, task, variables, method_state)
+  if name:
+    seconds[name] = time.time() - start
   return method_state
 
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 # One persistent XLA compilation cache for the whole session, shared by this
 # process and every run the tests start: most tests run the same smoke shapes,
@@ -96,26 +96,38 @@ def start_main(*args: str, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen
                           stdout=subprocess.DEVNULL, stderr=stderr)
 
 
-def signal_after_checkpoint(workdir: pathlib.Path, first: int, last: int, *args: str,
-                            signum: int = signal.SIGKILL) -> tuple[int, str]:
-  """Starts `main --workdir WORKDIR ARGS`, sends it `signum` once a mid-task
-  checkpoint with a global step in [first, last] is on disk, and waits for it
-  to end; returns its exit status and stderr."""
+def signal_when(ready: Callable[[str], bool], workdir: pathlib.Path, *args: str,
+                signum: int, what: str) -> tuple[int, str]:
+  """Starts `main --workdir WORKDIR ARGS`, sends it `signum` once `ready(its stderr
+  so far)` (`what` names that moment in a failure), and waits for it to end;
+  returns its exit status and stderr."""
   with tempfile.TemporaryFile('w+') as stderr:
     proc = start_main(f'--workdir={workdir}', *args, stderr=stderr)
-    folder = workdir / 'checkpoints' / 'progress'
     deadline = time.time() + 300
     try:
-      while not (folder.exists() and any(
-          p.name.isdigit() and first <= int(p.name) <= last for p in folder.iterdir())):
-        assert proc.poll() is None, f'the run ended before a checkpoint in steps [{first}, {last}]'
-        assert time.time() < deadline, 'no checkpoint within 300 s'
+      while not ready(_written(stderr)):
+        assert proc.poll() is None, f'the run ended before {what}'
+        assert time.time() < deadline, f'not {what} within 300 s'
         time.sleep(0.05)
     finally:
       proc.send_signal(signum)
       status = proc.wait(timeout=300)
-    stderr.seek(0)
-    return status, stderr.read()
+    return status, _written(stderr)
+
+
+def _written(file: Any) -> str:
+  # pread: the run shares the file's offset, so seeking it would misplace its writes.
+  return os.pread(file.fileno(), os.fstat(file.fileno()).st_size, 0).decode(errors='replace')
+
+
+def signal_after_checkpoint(workdir: pathlib.Path, first: int, last: int, *args: str,
+                            signum: int = signal.SIGKILL) -> tuple[int, str]:
+  """`signal_when` a mid-task checkpoint with a global step in [first, last] is on disk."""
+  folder = workdir / 'checkpoints' / 'progress'
+  return signal_when(
+      lambda _: folder.exists() and any(p.name.isdigit() and first <= int(p.name) <= last
+                                        for p in folder.iterdir()),
+      workdir, *args, signum=signum, what=f'a checkpoint in steps [{first}, {last}]')
 
 
 def kill_9_after_checkpoint(workdir: pathlib.Path, first: int, last: int, *args: str) -> None:

@@ -1,13 +1,16 @@
-"""Faults through the command line: non-finite losses, damaged checkpoints, a full disk
-(see docs/reliability.md). The guard that skips a non-finite update is in test_numerics.py."""
+"""Faults through the command line: non-finite losses, damaged checkpoints, a full disk,
+a signal during a method's after-task work (see docs/reliability.md). The guard that
+skips a non-finite update is in test_numerics.py; signals mid-stage: test_mfgr_runs.py."""
 
 import shutil
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, SMOKE, env, load_results, run_main
+from conftest import (REPO, SMOKE, comparable, env, finished_run, load_results, run_main,
+                      signal_when)
 
 
 def _error_line(proc: subprocess.CompletedProcess) -> str:
@@ -85,3 +88,26 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path):
   rerun = run_main(f'--config={SMOKE}', f'--workdir={workdir}', *overrides)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert len(load_results(workdir)['accuracy']) == 1
+
+
+# MUC-MAS's after-task work (importance, side classifiers) has no steps to save
+# between; 1000 side epochs make it last seconds after its log line.
+AFTER_TASK = (f'--config={SMOKE}', '--config.method=muc_mas', '--config.muc.side_epochs=1000',
+              '--config.scenario.num_tasks=1')
+
+
+def test_sigterm_during_after_task_work_stops_at_once_and_the_rerun_redoes_it(
+    tmp_path, tmp_path_factory):
+  status, stderr = signal_when(lambda written: 'task 0 importance: starts' in written, tmp_path,
+                               *AFTER_TASK, signum=signal.SIGTERM,
+                               what="the after-task work's start")
+  # Not after the work: with one task, that would end the run (exit 0).
+  assert status == 3, stderr[-3000:]
+  assert 'Traceback' not in stderr and 'side classifiers: ce' not in stderr
+  line, = [l for l in stderr.splitlines() if l.startswith('mfgr_jax: error:')]
+  assert ('stopped by SIGTERM during task 0 importance, which saves nothing until it ends; run '
+          'the same command to continue from the last checkpoint') in line
+  rerun = run_main(f'--workdir={tmp_path}', *AFTER_TASK)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  uninterrupted = finished_run(tmp_path_factory, 'after_task_uninterrupted', *AFTER_TASK)
+  assert comparable(load_results(tmp_path)) == comparable(load_results(uninterrupted))
