@@ -11,7 +11,7 @@ class UserError(Exception):
 
 
 class Interrupted(UserError):
-  """SIGTERM/SIGINT: a checkpoint was saved; the same command continues the run."""
+  """SIGTERM/SIGINT: the run stopped; the same command continues it from its last checkpoint."""
   exit_status = 3
 
 

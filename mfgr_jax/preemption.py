@@ -33,28 +33,33 @@ def _note(signum: int, frame: Any) -> None:
     os._exit(128 + signum)  # pylint: disable=protected-access
   _received.append(signal.Signals(signum).name)
   if _unsaved:
-    raise _stopped_during(_unsaved[-1])
+    raise _Stop
 
 
-def _stopped_during(work: str) -> Interrupted:
-  return Interrupted(f'stopped by {_received[0]} during {work}, which saves nothing until it '
-                     'ends; run the same command to continue from the last checkpoint (it does '
-                     'this work again)')
+class _Stop(BaseException):
+  """Raised by the handler inside `unsaved`. Not an Exception, as KeyboardInterrupt
+  is not: libraries' `except Exception` (JAX's compilation cache, logging) would
+  swallow it mid-work, and the work would run to its end."""
 
 
 @contextlib.contextmanager
 def unsaved(work: str) -> Iterator[None]:
   """Runs the body as `work` (e.g. 'task 0 importance'), which has no checkpoint of
-  its own: a signal before or during it raises `Interrupted` at once (as
-  KeyboardInterrupt does) rather than after it. Single-process runs only: with
-  several, the sync point in `requested` decides, at the next step."""
-  if _received:
-    raise _stopped_during(work)
-  _unsaved.append(work)
+  its own: a signal before or during it raises `Interrupted` at once rather than
+  after it. Single-process runs only: with several, the sync point in `requested`
+  decides, at the next step."""
+  depth = len(_unsaved)
   try:
+    _unsaved.append(work)
+    if _received:  # before the work, or before the handler could see it
+      raise _Stop
     yield
+  except _Stop:
+    raise Interrupted(f'stopped by {_received[0]} during {work}, which saves nothing until it '
+                      'ends; run the same command to continue from the last checkpoint (it '
+                      'does the steps since that checkpoint and this work again)') from None
   finally:
-    _unsaved.pop()
+    del _unsaved[depth:]
 
 
 def install() -> None:
@@ -69,6 +74,7 @@ def uninstall() -> None:
   for signum, handler in _previous.items():
     signal.signal(signum, handler)
   _previous.clear()
+  _received.clear()
 
 
 def requested(global_step: int) -> str | None:

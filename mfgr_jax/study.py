@@ -22,8 +22,8 @@ where set), so that each program is compiled once per study, not once per run (J
 keeps those that took over a second to compile).
 `python -m mfgr_jax.report KEEP/<method>-seed*...` reads the kept folders (not the
 task0-seed* ones: those are finetune runs of task 0 alone). Ctrl-C or SIGTERM stops
-the run in progress at a checkpoint, and the study with main's exit status 3; the same
-command continues it.
+the run in progress (at its current step, with a checkpoint there, or at once in
+after-task work), and the study with main's exit status 3; the same command continues it.
 """
 
 import json
@@ -132,8 +132,8 @@ def run_main(config: str, workdir: pathlib.Path, args: Sequence[str]) -> None:
     for signum, handler in handlers.items():
       signal.signal(signum, handler)
   if status == Interrupted.exit_status:
-    raise Interrupted(f'the run in {workdir} was stopped at a checkpoint; run the same study '
-                      'command to continue it and the rest')
+    raise Interrupted(f'the run in {workdir} was stopped (its message is above); run the same '
+                      'study command to continue it from its last checkpoint, and the rest')
   # Killed by the signal while it started (before main's handler), or main's own exit
   # at a second signal (128 + signal): a stop, not an error.
   if status in (-signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT):
@@ -217,7 +217,7 @@ def main(argv: Sequence[str]) -> None:
     kept = run_study(values.config, values.methods, [int(s) for s in values.seeds],
                      pathlib.Path(values.keep), pathlib.Path(values.workdirs),
                      _method_args(values.method_args), extra, values.commit)
-  except Interrupted as e:  # main's exit status: stopped at a checkpoint, nothing wrong
+  except Interrupted as e:  # main's exit status 3 or a signal: stopped, nothing wrong
     print(f'mfgr_jax.study: {e}', file=sys.stderr, flush=True)
     raise SystemExit(e.exit_status) from None
   except UserError as e:

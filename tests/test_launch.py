@@ -96,7 +96,7 @@ def test_seeds_given_as_arguments_and_the_quick_budget(tmp_path):
 def test_a_stopped_study_passes_its_exit_status_on_and_writes_no_report(tmp_path):
   _keep(tmp_path, 'lwf-seed0')
   process, calls = _launch(tmp_path, BUDGET='full', METHODS='lwf', STUDY_STATUS='3')
-  assert process.returncode == 3  # main's "stopped at a checkpoint": run again to resume
+  assert process.returncode == 3  # main's "stopped": run again to resume
   assert [call[1] for call in calls] == ['mfgr_jax.study']
 
 

@@ -19,12 +19,16 @@ def handlers():
   preemption.uninstall()
 
 
-def test_a_signal_during_unsaved_work_raises_at_once(handlers):
+def test_a_signal_during_unsaved_work_raises_at_once_through_except_exception(handlers):
   with pytest.raises(Interrupted, match='stopped by SIGTERM during task 0 importance, which '
                      'saves nothing until it ends; run the same command'):
     with preemption.unsaved('task 0 importance'):
-      os.kill(os.getpid(), signal.SIGTERM)
-      time.sleep(60)  # work that would go on; only the handler's exception ends it
+      try:  # as JAX's compilation cache does around its reads and writes
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # work that would go on; only the handler's exception ends it
+      except Exception:  # pylint: disable=broad-except
+        pass
+      time.sleep(10)
 
 
 def test_outside_unsaved_work_a_signal_is_only_noted_and_stops_the_next_unsaved_work(handlers):

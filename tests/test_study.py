@@ -125,7 +125,8 @@ def test_the_runs_share_a_compilation_cache_in_the_workdirs(preset, tmp_path, mo
 
 
 @pytest.mark.parametrize('status, message', [
-    (3, 'was stopped at a checkpoint; run the same study command to continue'),
+    (3, 'was stopped (its message is above); run the same study command to continue it from '
+        'its last checkpoint'),
     (-15, 'was stopped by a signal without a new checkpoint; run the same study command'),
     (143, 'was stopped by a signal without a new checkpoint; run the same study command'),
     (2, 'stopped with exit status 2 (its error is above)')])
