@@ -13,10 +13,12 @@ runs the whole scenario from it (`--config.init_from`) in WORKDIRS/seed<s>/<meth
 as `python -m mfgr_jax.main` in its own process. When a run finishes, its
 results.json, config.json and sample grids are copied to KEEP/<method>-seed<s>/
 (task 0's to KEEP/task0-seed<s>/) and, with --commit, committed to git at once
-(that folder only). A run whose kept results.json holds every task is skipped;
-an unfinished one resumes from its workdir's checkpoint, as main does when run
-again. On another machine (no workdirs) a seed's task-0 model is trained again
-from the same config and seed before its remaining methods run. The runs share
+(that folder only). Task 0's model (its Orbax checkpoint, about 3 MB at the
+fine-grained study's size) is kept too, because training it again elsewhere need not
+give the same weights (XLA's CPU kernels differ between processors): on another
+machine (no workdirs) each seed's remaining methods start from the kept model, as
+its kept runs did. A run whose kept results.json holds every task is skipped; an
+unfinished one resumes from its workdir's checkpoint, as main does when run again. The runs share
 JAX's persistent compilation cache, WORKDIRS/xla_cache (or $JAX_COMPILATION_CACHE_DIR
 where set), so that each program is compiled once per study, not once per run (JAX
 keeps those that took over a second to compile).
@@ -46,6 +48,7 @@ from mfgr_jax.methods import get_method
 from mfgr_jax.results import FILE_NAME, read_results
 
 KEPT_FILES = (FILE_NAME, 'config.json')
+TASK0_MODEL = pathlib.Path('checkpoints', 'tasks', '0')  # what `init_from` reads
 # What the study sets for each run itself: not accepted after `--`.
 PER_RUN = ('--config.seed', '--config.method', '--config.init_from')
 
@@ -81,20 +84,44 @@ def is_finished(folder: pathlib.Path) -> bool:
     return False
 
 
-def keep_run(workdir: pathlib.Path, kept: pathlib.Path, commit: bool) -> None:
-  """Copies a finished run's results.json, config.json and sample grids to `kept`
-  (results.json last, each file written whole, so that an interrupted copy does not
-  count as kept); commits it."""
+def keep_run(workdir: pathlib.Path, kept: pathlib.Path, commit: bool,
+             model: bool = False) -> None:
+  """Copies a finished run's results.json, config.json and sample grids to `kept`, with
+  `model` also its task-0 checkpoint (results.json last, each file written whole, so
+  that an interrupted copy does not count as kept); commits it."""
   if kept.exists():
     shutil.rmtree(kept)
   (kept / 'samples').mkdir(parents=True)
   for grid in sorted((workdir / 'samples').glob('*.png')):
     shutil.copy2(grid, kept / 'samples' / grid.name)
-  for name in reversed(KEPT_FILES):
-    shutil.copy2(workdir / name, kept / f'.{name}.tmp')
-    os.replace(kept / f'.{name}.tmp', kept / name)
+  if model:
+    shutil.copytree(workdir / TASK0_MODEL, kept / TASK0_MODEL)
+  _copy_files(workdir, kept)
   if commit:
     _commit(kept)
+
+
+def has_model(kept: pathlib.Path) -> bool:
+  """Whether the kept task-0 run `kept` holds its model (complete: results.json, which
+  is_finished reads, is copied after it)."""
+  return (kept / TASK0_MODEL).is_dir() and is_finished(kept)
+
+
+def restore_task0(kept: pathlib.Path, workdir: pathlib.Path) -> None:
+  """Makes `workdir` the kept task-0 run `kept` again (its model and results), so that
+  the methods start from that model (`--config.init_from`), not from a retrained one."""
+  if workdir.exists():  # an unfinished task-0 run of this machine: the kept one wins
+    shutil.rmtree(workdir)
+  shutil.copytree(kept / TASK0_MODEL, workdir / TASK0_MODEL)
+  _copy_files(kept, workdir)
+
+
+def _copy_files(source: pathlib.Path, destination: pathlib.Path) -> None:
+  """Copies KEPT_FILES, results.json last, each written whole."""
+  destination.mkdir(parents=True, exist_ok=True)
+  for name in reversed(KEPT_FILES):
+    shutil.copy2(source / name, destination / f'.{name}.tmp')
+    os.replace(destination / f'.{name}.tmp', destination / name)
 
 
 def _commit(kept: pathlib.Path) -> None:
@@ -113,6 +140,18 @@ def _commit(kept: pathlib.Path) -> None:
                     f'{detail.decode(errors="replace").strip()[:200]}); is --keep inside a git '
                     'repository with user.name and user.email set? Commit it by hand or drop '
                     '--commit, then run the same command again') from None
+
+
+def _warn_if_retrained(task0: pathlib.Path, kept0: pathlib.Path) -> None:
+  """Logs a warning when task 0, trained again here, is not the model that a kept
+  task-0 run without its checkpoint (kept before models were kept) reported."""
+  before, now = read_results(kept0), read_results(task0)
+  if before is not None and before.get('accuracy') != now['accuracy']:
+    logging.warning('study: task 0 trained again in %s reaches %.2f %%, the kept %s %.2f %%: '
+                    'that model was not kept, so the runs kept before come from it and the '
+                    'next ones from this one (kept now with its model); delete the kept runs '
+                    'of this seed to run them all from this one', task0, now['accuracy'][0],
+                    kept0, before['accuracy'][0])
 
 
 def run_main(config: str, workdir: pathlib.Path, args: Sequence[str]) -> None:
@@ -151,13 +190,19 @@ def run_study(config: str, methods: Sequence[str], seeds: Sequence[int], keep: p
   kept_runs = []
   for seed in seeds:
     seed_args = [f'--config.seed={seed}', *extra]
-    task0 = workdirs / f'seed{seed}' / 'task0'
+    task0, kept0 = workdirs / f'seed{seed}' / 'task0', keep / f'task0-seed{seed}'
     pending = [m for m in methods if not is_finished(keep / f'{m}-seed{seed}')]
     if pending and not is_finished(task0):
-      run_main(config, task0, seed_args + ['--config.method=finetune',
-                                           '--config.scenario.num_tasks=1'])
-    if is_finished(task0) and read_results(task0) != read_results(keep / f'task0-seed{seed}'):
-      keep_run(task0, keep / f'task0-seed{seed}', commit)  # new, or trained again elsewhere
+      if has_model(kept0):
+        restore_task0(kept0, task0)
+        logging.info('study: task 0 of seed %d is the kept model in %s', seed, kept0)
+      else:
+        run_main(config, task0, seed_args + ['--config.method=finetune',
+                                             '--config.scenario.num_tasks=1'])
+        _warn_if_retrained(task0, kept0)
+    if is_finished(task0) and not (has_model(kept0) and
+                                   read_results(task0) == read_results(kept0)):
+      keep_run(task0, kept0, commit, model=True)
     for method in methods:
       kept = keep / f'{method}-seed{seed}'
       kept_runs.append(kept)

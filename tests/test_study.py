@@ -1,10 +1,12 @@
 """The study runner (study.py): real runs kept and committed as they finish,
-skipped when kept, the shared task-0 model trained again on a machine without
-the workdirs, and one-line errors before any run."""
+skipped when kept, the shared task-0 model kept and reused on a machine without
+the workdirs (trained again only where it was not kept), and one-line errors
+before any run."""
 
 import json
 import re
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -33,8 +35,10 @@ def _commits(repo) -> list[str]:
   return log.splitlines()[::-1]
 
 
-def test_finished_runs_are_kept_committed_and_then_skipped(repo, tmp_path, monkeypatch):
+def test_finished_runs_are_kept_committed_skipped_and_task0_reused_elsewhere(repo, tmp_path,
+                                                                              monkeypatch):
   keep, workdirs = repo / 'runs', tmp_path / 'workdirs'
+  real_run_main = study.run_main
   kept = study.run_study(SMOKE, ['finetune'], [0], keep, workdirs, {}, SHORT, commit=True)
   assert kept == [keep / 'finetune-seed0']
   assert _commits(repo) == ['study: task0-seed0 finished', 'study: finetune-seed0 finished']
@@ -52,6 +56,20 @@ def test_finished_runs_are_kept_committed_and_then_skipped(repo, tmp_path, monke
   # Kept again with the same files (e.g. by hand): nothing to commit, no error.
   study.keep_run(workdirs / 'seed0' / 'finetune', keep / 'finetune-seed0', commit=True)
   assert len(_commits(repo)) == 2
+  # Another machine (no workdirs): a new method starts from the kept task-0 model, which
+  # is committed with its run, and task 0 is not trained again.
+  tracked = subprocess.run(['git', '-C', str(repo), 'ls-files', 'runs/task0-seed0'], check=True,
+                           capture_output=True, text=True).stdout.split()
+  assert 'runs/task0-seed0/checkpoints/tasks/0/_CHECKPOINT_METADATA' in tracked
+  shutil.rmtree(workdirs)
+  ran = []
+  monkeypatch.setattr(study, 'run_main', lambda config, workdir, args: (
+      ran.append(workdir.name), real_run_main(config, workdir, args)))
+  study.run_study(SMOKE, ['lwf'], [0], keep, workdirs, {}, SHORT, commit=True)
+  assert ran == ['lwf']
+  assert _commits(repo)[2:] == ['study: lwf-seed0 finished']
+  assert (load_results(keep / 'lwf-seed0')['accuracy_matrix'][0] ==
+          load_results(keep / 'task0-seed0')['accuracy_matrix'][0])
 
 
 def _write_run(folder, accuracy, num_tasks=0):
@@ -61,8 +79,10 @@ def _write_run(folder, accuracy, num_tasks=0):
                                                    'accuracy': accuracy}))
 
 
-def test_another_machine_trains_task0_again_then_only_what_is_not_kept(tmp_path, monkeypatch):
+def test_task0_kept_without_its_model_is_trained_again_then_only_what_is_not_kept(
+    tmp_path, monkeypatch, caplog):
   keep, workdirs = tmp_path / 'runs', tmp_path / 'elsewhere'
+  _write_run(keep / 'task0-seed0', [89.0], 1)  # kept before models were kept
   _write_run(keep / 'lwf-seed0', [90.0, 50.0])
   _write_run(keep / 'mfgr-seed0', [90.0])  # unfinished (one task of two): it runs again
   _write_run(keep / 'ewc-seed0', [90.0, 50.0])
@@ -73,6 +93,7 @@ def test_another_machine_trains_task0_again_then_only_what_is_not_kept(tmp_path,
     calls.append((workdir.name, args))
     _write_run(workdir, [90.0] if workdir.name == 'task0' else [90.0, 60.0],
                1 if workdir.name == 'task0' else 0)
+    (workdir / study.TASK0_MODEL).mkdir(parents=True)
 
   monkeypatch.setattr(study, 'run_main', fake_main)
   study.run_study(SMOKE, ['lwf', 'mfgr', 'ewc'], [0], keep, workdirs,
@@ -87,6 +108,13 @@ def test_another_machine_trains_task0_again_then_only_what_is_not_kept(tmp_path,
                f'--config.init_from={task0}'])]
   assert all(study.is_finished(keep / f'{run}-seed0') for run in ('mfgr', 'ewc', 'task0'))
   assert load_results(keep / 'mfgr-seed0')['accuracy'] == [90.0, 60.0]
+  assert study.has_model(keep / 'task0-seed0')
+  assert load_results(keep / 'task0-seed0')['accuracy'] == [90.0]
+  assert [r.getMessage() for r in caplog.records if r.levelname == 'WARNING'] == [
+      f'study: task 0 trained again in {task0} reaches 90.00 %, the kept '
+      f'{keep / "task0-seed0"} 89.00 %: that model was not kept, so the runs kept before come '
+      'from it and the next ones from this one (kept now with its model); delete the kept '
+      'runs of this seed to run them all from this one']
 
 
 @pytest.mark.parametrize('args,message', [
@@ -117,7 +145,7 @@ def test_the_runs_share_a_compilation_cache_in_the_workdirs(preset, tmp_path, mo
   seen = []
   monkeypatch.setattr(study, 'run_main',
                       lambda *a: seen.append(os.environ['JAX_COMPILATION_CACHE_DIR']))
-  monkeypatch.setattr(study, 'keep_run', lambda *a: None)
+  monkeypatch.setattr(study, 'keep_run', lambda *a, **k: None)
   monkeypatch.setattr(study, 'is_finished', lambda folder: folder.name == 'task0')
   study.main([f'--config={SMOKE}', '--methods=lwf', '--seeds=0', f'--keep={tmp_path}/k',
               f'--workdirs={tmp_path}/w'])
