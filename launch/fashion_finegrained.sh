@@ -2,9 +2,10 @@
 # The fine-grained Fashion-MNIST study (configs/fashion_finegrained.py): per seed one
 # shared task-0 model, then every method of METHODS from it (`python -m mfgr_jax.study`);
 # then the report $OUT/report.md with its charts. Each finished run's results.json,
-# config.json and sample grids are kept in $OUT/runs/<method>-seed<s>/ (and committed at
-# once with COMMIT=1), so the study survives interruptions: the same command, on any day
-# or machine, skips what is kept and resumes the rest.
+# config.json and sample grids are kept in $OUT/runs/<method>-seed<s>/ (task 0's with its
+# model, in task0-seed<s>/; committed at once with COMMIT=1), so the study survives
+# interruptions: the same command, on any day or machine, skips what is kept and resumes
+# the rest from the kept task-0 models.
 #
 #   launch/fashion_finegrained.sh [SEEDS...]       issue 3's budget (seeds 0 1 2 by default)
 #   BUDGET=full COMMIT=1 launch/fashion_finegrained.sh

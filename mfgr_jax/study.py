@@ -13,13 +13,15 @@ runs the whole scenario from it (`--config.init_from`) in WORKDIRS/seed<s>/<meth
 as `python -m mfgr_jax.main` in its own process. When a run finishes, its
 results.json, config.json and sample grids are copied to KEEP/<method>-seed<s>/
 (task 0's to KEEP/task0-seed<s>/) and, with --commit, committed to git at once
-(that folder only). Task 0's model (its Orbax checkpoint, about 3 MB at the
+(that folder only). Task 0's model (its Orbax checkpoint, 2.7 MB at the
 fine-grained study's size) is kept too, because training it again elsewhere need not
-give the same weights (XLA's CPU kernels differ between processors): on another
-machine (no workdirs) each seed's remaining methods start from the kept model, as
-its kept runs did. A run whose kept results.json holds every task is skipped; an
-unfinished one resumes from its workdir's checkpoint, as main does when run again. The runs share
-JAX's persistent compilation cache, WORKDIRS/xla_cache (or $JAX_COMPILATION_CACHE_DIR
+give the same weights (XLA's CPU kernels differ between processors): each seed's
+methods start from the kept model, on any machine, and a task-0 model of the
+workdirs that differs from it is replaced by it. Only a seed whose task-0 run was
+kept without its model (kept before 2026-12-01) trains task 0 again, with a warning
+when it differs. A run whose kept results.json holds every task is skipped; an
+unfinished one resumes from its workdir's checkpoint, as main does when run again.
+The runs share JAX's persistent compilation cache, WORKDIRS/xla_cache (or $JAX_COMPILATION_CACHE_DIR
 where set), so that each program is compiled once per study, not once per run (JAX
 keeps those that took over a second to compile).
 `python -m mfgr_jax.report KEEP/<method>-seed*...` reads the kept folders (not the
@@ -85,16 +87,19 @@ def is_finished(folder: pathlib.Path) -> bool:
 
 
 def keep_run(workdir: pathlib.Path, kept: pathlib.Path, commit: bool,
-             model: bool = False) -> None:
-  """Copies a finished run's results.json, config.json and sample grids to `kept`, with
-  `model` also its task-0 checkpoint (results.json last, each file written whole, so
+             with_model: bool = False) -> None:
+  """Copies a finished run's results.json, config.json and sample grids to `kept`, and
+  `with_model` its task-0 checkpoint (results.json last, each file written whole, so
   that an interrupted copy does not count as kept); commits it."""
+  if with_model and not (workdir / TASK0_MODEL).is_dir():
+    raise UserError(f'{workdir} is a finished task-0 run without its model ({TASK0_MODEL}); '
+                    'delete that folder so that the study trains task 0 again')
   if kept.exists():
     shutil.rmtree(kept)
   (kept / 'samples').mkdir(parents=True)
   for grid in sorted((workdir / 'samples').glob('*.png')):
     shutil.copy2(grid, kept / 'samples' / grid.name)
-  if model:
+  if with_model:
     shutil.copytree(workdir / TASK0_MODEL, kept / TASK0_MODEL)
   _copy_files(workdir, kept)
   if commit:
@@ -110,7 +115,7 @@ def has_model(kept: pathlib.Path) -> bool:
 def restore_task0(kept: pathlib.Path, workdir: pathlib.Path) -> None:
   """Makes `workdir` the kept task-0 run `kept` again (its model and results), so that
   the methods start from that model (`--config.init_from`), not from a retrained one."""
-  if workdir.exists():  # an unfinished task-0 run of this machine: the kept one wins
+  if workdir.exists():  # task 0 of this machine, unfinished or another model
     shutil.rmtree(workdir)
   shutil.copytree(kept / TASK0_MODEL, workdir / TASK0_MODEL)
   _copy_files(kept, workdir)
@@ -128,7 +133,9 @@ def _commit(kept: pathlib.Path) -> None:
   """Commits the folder `kept` alone, in the git repository that holds it."""
   folder = str(kept.resolve())
   try:
-    subprocess.run(['git', '-C', folder, 'add', '--', folder], check=True, capture_output=True)
+    # -f: an ignore rule of the user's (e.g. checkpoints/) must not leave the model out.
+    subprocess.run(['git', '-C', folder, 'add', '-f', '--', folder], check=True,
+                   capture_output=True)
     unchanged = subprocess.run(['git', '-C', folder, 'diff', '--cached', '--quiet', '--',
                                 folder], check=False).returncode == 0
     if not unchanged:  # (kept again with the same files: nothing to commit)
@@ -183,6 +190,23 @@ def run_main(config: str, workdir: pathlib.Path, args: Sequence[str]) -> None:
                     'above); fix it and run the same study command again to go on')
 
 
+def shared_task0(config: str, seed_args: Sequence[str], task0: pathlib.Path,
+                 kept0: pathlib.Path, commit: bool) -> None:
+  """Makes the workdir `task0` hold the seed's task-0 model: the kept one where it is
+  kept, so that every run of the seed starts from one model on any machine; else one
+  trained here, which is kept."""
+  if has_model(kept0):
+    if read_results(task0) != read_results(kept0):  # none here yet, or another model
+      restore_task0(kept0, task0)
+      logging.info('study: task 0 of %s is the kept model in %s', task0.parent.name, kept0)
+    return
+  if not is_finished(task0):
+    run_main(config, task0, [*seed_args, '--config.method=finetune',
+                             '--config.scenario.num_tasks=1'])
+    _warn_if_retrained(task0, kept0)
+  keep_run(task0, kept0, commit, with_model=True)
+
+
 def run_study(config: str, methods: Sequence[str], seeds: Sequence[int], keep: pathlib.Path,
               workdirs: pathlib.Path, method_args: dict[str, list[str]], extra: Sequence[str],
               commit: bool) -> list[pathlib.Path]:
@@ -192,17 +216,8 @@ def run_study(config: str, methods: Sequence[str], seeds: Sequence[int], keep: p
     seed_args = [f'--config.seed={seed}', *extra]
     task0, kept0 = workdirs / f'seed{seed}' / 'task0', keep / f'task0-seed{seed}'
     pending = [m for m in methods if not is_finished(keep / f'{m}-seed{seed}')]
-    if pending and not is_finished(task0):
-      if has_model(kept0):
-        restore_task0(kept0, task0)
-        logging.info('study: task 0 of seed %d is the kept model in %s', seed, kept0)
-      else:
-        run_main(config, task0, seed_args + ['--config.method=finetune',
-                                             '--config.scenario.num_tasks=1'])
-        _warn_if_retrained(task0, kept0)
-    if is_finished(task0) and not (has_model(kept0) and
-                                   read_results(task0) == read_results(kept0)):
-      keep_run(task0, kept0, commit, model=True)
+    if pending:
+      shared_task0(config, seed_args, task0, kept0, commit)
     for method in methods:
       kept = keep / f'{method}-seed{seed}'
       kept_runs.append(kept)

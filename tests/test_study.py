@@ -6,7 +6,6 @@ before any run."""
 import json
 import re
 import os
-import shutil
 import subprocess
 
 import pytest
@@ -39,6 +38,7 @@ def test_finished_runs_are_kept_committed_skipped_and_task0_reused_elsewhere(rep
                                                                               monkeypatch):
   keep, workdirs = repo / 'runs', tmp_path / 'workdirs'
   real_run_main = study.run_main
+  (repo / '.gitignore').write_text('checkpoints/\n')  # a user's rule: the model is kept anyway
   kept = study.run_study(SMOKE, ['finetune'], [0], keep, workdirs, {}, SHORT, commit=True)
   assert kept == [keep / 'finetune-seed0']
   assert _commits(repo) == ['study: task0-seed0 finished', 'study: finetune-seed0 finished']
@@ -56,19 +56,18 @@ def test_finished_runs_are_kept_committed_skipped_and_task0_reused_elsewhere(rep
   # Kept again with the same files (e.g. by hand): nothing to commit, no error.
   study.keep_run(workdirs / 'seed0' / 'finetune', keep / 'finetune-seed0', commit=True)
   assert len(_commits(repo)) == 2
-  # Another machine (no workdirs): a new method starts from the kept task-0 model, which
-  # is committed with its run, and task 0 is not trained again.
-  tracked = subprocess.run(['git', '-C', str(repo), 'ls-files', 'runs/task0-seed0'], check=True,
-                           capture_output=True, text=True).stdout.split()
-  assert 'runs/task0-seed0/checkpoints/tasks/0/_CHECKPOINT_METADATA' in tracked
-  shutil.rmtree(workdirs)
+  # Another machine: a clone of the repository, no workdirs. A new method starts from the
+  # kept task-0 model, committed with its run, and task 0 is not trained again.
+  clone = tmp_path / 'clone'
+  subprocess.run(['git', 'clone', '-q', str(repo), str(clone)], check=True)
   ran = []
   monkeypatch.setattr(study, 'run_main', lambda config, workdir, args: (
       ran.append(workdir.name), real_run_main(config, workdir, args)))
-  study.run_study(SMOKE, ['lwf'], [0], keep, workdirs, {}, SHORT, commit=True)
+  study.run_study(SMOKE, ['lwf'], [0], clone / 'runs', tmp_path / 'elsewhere', {}, SHORT,
+                  commit=True)
   assert ran == ['lwf']
-  assert _commits(repo)[2:] == ['study: lwf-seed0 finished']
-  assert (load_results(keep / 'lwf-seed0')['accuracy_matrix'][0] ==
+  assert _commits(clone)[2:] == ['study: lwf-seed0 finished']
+  assert (load_results(clone / 'runs' / 'lwf-seed0')['accuracy_matrix'][0] ==
           load_results(keep / 'task0-seed0')['accuracy_matrix'][0])
 
 
@@ -115,6 +114,25 @@ def test_task0_kept_without_its_model_is_trained_again_then_only_what_is_not_kep
       f'{keep / "task0-seed0"} 89.00 %: that model was not kept, so the runs kept before come '
       'from it and the next ones from this one (kept now with its model); delete the kept '
       'runs of this seed to run them all from this one']
+
+
+def test_a_kept_task0_model_replaces_another_one_in_the_workdirs(tmp_path, monkeypatch):
+  keep, workdirs = tmp_path / 'runs', tmp_path / 'workdirs'
+  _write_run(keep / 'task0-seed0', [89.0], 1)
+  (keep / 'task0-seed0' / study.TASK0_MODEL).mkdir(parents=True)
+  _write_run(workdirs / 'seed0' / 'task0', [90.0], 1)  # trained here, another model
+  ran = []
+
+  def fake_main(config, workdir, args):
+    ran.append(workdir.name)
+    _write_run(workdir, [89.0, 60.0])
+
+  monkeypatch.setattr(study, 'run_main', fake_main)
+  study.run_study(SMOKE, ['lwf'], [0], keep, workdirs, {}, [], False)
+  assert ran == ['lwf']
+  assert load_results(workdirs / 'seed0' / 'task0')['accuracy'] == [89.0]
+  assert study.has_model(workdirs / 'seed0' / 'task0')
+  assert load_results(keep / 'task0-seed0')['accuracy'] == [89.0]
 
 
 @pytest.mark.parametrize('args,message', [
