@@ -135,6 +135,19 @@ def test_a_kept_task0_model_replaces_another_one_in_the_workdirs(tmp_path, monke
   assert load_results(keep / 'task0-seed0')['accuracy'] == [89.0]
 
 
+def test_a_finished_task0_without_its_model_is_a_one_line_error(tmp_path, monkeypatch):
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(tmp_path / 'cache'))
+  _write_run(tmp_path / 'w' / 'seed0' / 'task0', [90.0], 1)  # its checkpoints deleted
+  monkeypatch.setattr(study, 'run_main', lambda *a: pytest.fail(f'ran {a}'))
+  with pytest.raises(SystemExit) as error:
+    study.main([f'--config={SMOKE}', '--methods=lwf', f'--keep={tmp_path}/k',
+                f'--workdirs={tmp_path}/w'])
+  assert str(error.value) == (
+      f'mfgr_jax.study: error: {tmp_path}/w/seed0/task0 is a finished task-0 run without its '
+      'model (checkpoints/tasks/0); delete that folder so that the study trains task 0 again')
+  assert not (tmp_path / 'k' / 'task0-seed0').exists()
+
+
 @pytest.mark.parametrize('args,message', [
     (['--methods=lwf,ewc2', '--keep=k'], "unknown method 'ewc2'"),
     (['--methods=lwf'], '--keep is required'),
