@@ -21,9 +21,9 @@ workdirs that differs from it is replaced by it. Only a seed whose task-0 run wa
 kept without its model (kept before 2026-12-01) trains task 0 again, with a warning
 when it differs. A run whose kept results.json holds every task is skipped; an
 unfinished one resumes from its workdir's checkpoint, as main does when run again.
-The runs share JAX's persistent compilation cache, WORKDIRS/xla_cache (or $JAX_COMPILATION_CACHE_DIR
-where set), so that each program is compiled once per study, not once per run (JAX
-keeps those that took over a second to compile).
+The runs share JAX's persistent compilation cache, WORKDIRS/xla_cache (or
+$JAX_COMPILATION_CACHE_DIR where set), so that each program is compiled once per
+study, not once per run (JAX keeps those that took over a second to compile).
 `python -m mfgr_jax.report KEEP/<method>-seed*...` reads the kept folders (not the
 task0-seed* ones: those are finetune runs of task 0 alone). Ctrl-C or SIGTERM stops
 the run in progress (at its current step, with a checkpoint there, or at once in
