@@ -101,7 +101,9 @@ def keep_run(workdir: pathlib.Path, kept: pathlib.Path, commit: bool,
     shutil.copy2(grid, kept / 'samples' / grid.name)
   if with_model:
     shutil.copytree(workdir / TASK0_MODEL, kept / TASK0_MODEL)
-  _copy_files(workdir, kept)
+  for name in reversed(KEPT_FILES):
+    shutil.copy2(workdir / name, kept / f'.{name}.tmp')
+    os.replace(kept / f'.{name}.tmp', kept / name)
   if commit:
     _commit(kept)
 
@@ -110,23 +112,6 @@ def has_model(kept: pathlib.Path) -> bool:
   """Whether the kept task-0 run `kept` holds its model (complete: results.json, which
   is_finished reads, is copied after it)."""
   return (kept / TASK0_MODEL).is_dir() and is_finished(kept)
-
-
-def restore_task0(kept: pathlib.Path, workdir: pathlib.Path) -> None:
-  """Makes `workdir` the kept task-0 run `kept` again (its model and results), so that
-  the methods start from that model (`--config.init_from`), not from a retrained one."""
-  if workdir.exists():  # task 0 of this machine, unfinished or another model
-    shutil.rmtree(workdir)
-  shutil.copytree(kept / TASK0_MODEL, workdir / TASK0_MODEL)
-  _copy_files(kept, workdir)
-
-
-def _copy_files(source: pathlib.Path, destination: pathlib.Path) -> None:
-  """Copies KEPT_FILES, results.json last, each written whole."""
-  destination.mkdir(parents=True, exist_ok=True)
-  for name in reversed(KEPT_FILES):
-    shutil.copy2(source / name, destination / f'.{name}.tmp')
-    os.replace(destination / f'.{name}.tmp', destination / name)
 
 
 def _commit(kept: pathlib.Path) -> None:
@@ -197,7 +182,7 @@ def shared_task0(config: str, seed_args: Sequence[str], task0: pathlib.Path,
   trained here, which is kept."""
   if has_model(kept0):
     if read_results(task0) != read_results(kept0):  # none here yet, or another model
-      restore_task0(kept0, task0)
+      keep_run(kept0, task0, commit=False, with_model=True)  # copied back, the same way
       logging.info('study: task 0 of %s is the kept model in %s', task0.parent.name, kept0)
     return
   if not is_finished(task0):
