@@ -38,6 +38,8 @@ import subprocess
 import sys
 import time
 
+from mfgr_jax.results import RUN_ENVIRONMENT
+
 METHODS = ('finetune', 'lwf', 'oracle', 'ewc', 'mas', 'muc_mas', 'lwm', 'muc_lwf', 'icarl',
            'icarl_mfgr', 'mfgr', 'lwf_g_bn', 'g_bn', 'lwf_g_base', 'deepinversion', 'abd', 'rdfcil')
 SETTINGS = {
@@ -47,8 +49,8 @@ SETTINGS = {
         '--config.generator.steps=10', '--config.deepinversion.iterations=5',
         '--config.muc.side_epochs=2')),
 }
-# Wall-clock fields and TensorBoard tags: the only ones allowed to differ between equal runs.
-TIMING = ('seconds', 'throughput')
+# TensorBoard's wall-clock tags, like results.json's RUN_ENVIRONMENT fields, are the only
+# ones allowed to differ between equal runs.
 TIMING_TAGS = ('steps_per_sec', 'uptime')
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -151,9 +153,9 @@ def handover(out: pathlib.Path, old_repo: pathlib.Path, methods: list[str]) -> N
 
 
 def first_difference(before: dict, after: dict) -> str | None:
-  """The first field (outside TIMING) where the two results differ, or None."""
+  """The first field (outside RUN_ENVIRONMENT) where the two results differ, or None."""
   for key in sorted(set(before) | set(after)):
-    if key not in TIMING and before.get(key) != after.get(key):
+    if key not in RUN_ENVIRONMENT and before.get(key) != after.get(key):
       return key
   return None
 

@@ -255,7 +255,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog=__doc__.split('\n\n', 1)[1])
-  parser.add_argument('--settings', default=','.join(step_throughput.SETTINGS))
+  parser.add_argument('--settings', default=step_throughput.MEASURED)
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--steps', default='default=3,cifar100_r34=1',
                       help='timed steps per round, per setting')

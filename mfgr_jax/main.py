@@ -14,6 +14,10 @@ import os
 import pathlib
 import sys
 
+from mfgr_jax import cpu_flags
+
+cpu_flags.use_project_flags()  # before JAX starts its CPU backend, which reads XLA_FLAGS
+
 from absl import app
 from absl import flags
 from absl import logging

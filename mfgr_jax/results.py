@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
 
 FILE_NAME = 'results.json'
+# The fields that may differ between two runs with equal results: wall-clock times,
+# rates, and what each task ran on (backend, CPU kind, XLA flags).
+RUN_ENVIRONMENT = ('seconds', 'throughput', 'machine')
 
 
 def read_results(folder: str | pathlib.Path) -> dict | None:
@@ -32,7 +35,7 @@ def new_results(experiment: Experiment) -> dict:
       'tasks': [list(t.classes) for t in experiment.tasks],
       'accuracy': [], 'accuracy_matrix': [], 'old_accuracy': [], 'new_accuracy': [],
       'per_class_accuracy': [], 'confusion_matrix': [], 'seconds': [], 'throughput': [],
-      'skipped_steps': [],
+      'machine': [], 'skipped_steps': [],
       'task0_from': None,
       'average_incremental_accuracy': None, 'last_accuracy': None, 'forgetting': None,
       'metric_definitions': evaluation.__doc__.split('\n\n', 1)[1].strip(),
@@ -40,8 +43,9 @@ def new_results(experiment: Experiment) -> dict:
 
 
 def record_task(results: dict, order: list[int], metrics: dict, seconds: dict,
-                throughput: dict, skipped: dict) -> None:
-  """Appends one task's evaluation to `results` and refreshes the summaries."""
+                throughput: dict, skipped: dict, machine: dict) -> None:
+  """Appends one task's evaluation to `results` and refreshes the summaries.
+  `machine` is what the task ran on (`cpu_flags.machine()`)."""
   results['accuracy'].append(metrics['accuracy'])
   results['accuracy_matrix'].append(metrics['task_accuracies'])
   results['old_accuracy'].append(metrics['old_accuracy'])
@@ -51,6 +55,8 @@ def record_task(results: dict, order: list[int], metrics: dict, seconds: dict,
   results['confusion_matrix'].append(metrics['confusion_matrix'])
   results['seconds'].append(seconds)
   results['throughput'].append(throughput)
+  # Results of runs made before this field existed hold none for their earlier tasks.
+  results.setdefault('machine', [None] * (len(results['accuracy']) - 1)).append(machine)
   results['skipped_steps'].append(dict(skipped))
   results['average_incremental_accuracy'] = evaluation.average_incremental_accuracy(
       results['accuracy'])

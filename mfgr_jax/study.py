@@ -40,6 +40,10 @@ import sys
 import time
 from typing import Sequence
 
+from mfgr_jax import cpu_flags
+
+cpu_flags.use_project_flags()  # the runs it starts inherit them; before anything starts JAX
+
 from absl import flags
 from absl import logging
 

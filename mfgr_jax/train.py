@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from mfgr_jax import classifier
+from mfgr_jax import cpu_flags
 from mfgr_jax import evaluation
 from mfgr_jax import keys
 from mfgr_jax import parallel
@@ -102,7 +103,8 @@ def run_task(experiment: Experiment, task: Task, previous: dict | None, method_s
   eval_start = time.time()
   metrics = evaluate(experiment, task, variables, method_state)
   seconds['eval'] = time.time() - eval_start
-  record_task(results, experiment.order, metrics, seconds, throughput, runner.skipped)
+  record_task(results, experiment.order, metrics, seconds, throughput, runner.skipped,
+              cpu_flags.machine())
   save_task(experiment, task, variables, method_state, results, metrics, runner,
             global_offset + experiment.task_steps(task))
   return variables, method_state

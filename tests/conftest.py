@@ -39,21 +39,23 @@ os.environ.update(JAX_COMPILATION_CACHE_DIR=_XLA_CACHE,
                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
                   XLA_FLAGS=f'{os.environ.get("XLA_FLAGS", "")} {_TEST_XLA_FLAGS}'.strip())
+# The tests compute with the flags that runs use on this CPU (the runs they start
+# set them for themselves).
+from mfgr_jax import cpu_flags  # pylint: disable=wrong-import-position
+
+cpu_flags.use_project_flags()
 
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from mfgr_jax.results import read_results
+from mfgr_jax.results import RUN_ENVIRONMENT, read_results
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # so that `configs` imports as in `python -m mfgr_jax.main`
 SMOKE = str(REPO / 'configs' / 'smoke.py')
-# Wall-clock fields: the only ones allowed to differ between equal runs.
-TIMING = ('seconds', 'throughput')
-
-
 def comparable(results: dict) -> dict:
-  return {k: v for k, v in results.items() if k not in TIMING}
+  """`results` less the fields allowed to differ between equal runs."""
+  return {k: v for k, v in results.items() if k not in RUN_ENVIRONMENT}
 
 
 def load_results(workdir) -> dict:

@@ -1,14 +1,18 @@
-"""The weight-gradient reformulations the convolution benchmark times are exact, and
-the PyTorch comparison copies every weight of our models (its outputs-equal check
-against PyTorch itself runs in the benchmark, where torch is installed)."""
+"""The weight-gradient reformulations the convolution benchmark times are exact, the
+step profile sorts convolutions by kind, and the PyTorch comparison copies every
+weight of our models (its outputs-equal check against PyTorch itself runs in the
+benchmark, where torch is installed)."""
+
+import collections
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import flax
 
-from benchmarks import task_phases, vs_pytorch
+from benchmarks import step_profile, task_phases, vs_pytorch
 from benchmarks.conv_weight_gradient import conv, im2col, shifted_matmuls
 from configs import smoke
 from mfgr_jax import stage_runner, train
@@ -26,6 +30,18 @@ def test_weight_gradient_reformulations_match_xla(formulation, stride):
   dy = jax.random.normal(keys[2], conv(x, w, stride).shape)
   expected = jax.vjp(lambda w_: conv(x, w_, stride), w)[1](dy)[0]
   np.testing.assert_allclose(formulation(x, dy, stride), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_profile_tells_forward_input_and_weight_gradient_convolutions_apart():
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 3))
+  w1, w2 = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 6)), jnp.ones((3, 3, 6, 5))
+  loss = lambda w1, w2, x: jnp.sum(conv(jax.nn.relu(conv(x, w1, 1)), w2, 1) ** 2)
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(w1, w2, x).compile().as_text()
+  kinds = step_profile.instruction_kinds(hlo, {tuple(sorted(w.shape)) for w in (w1, w2)})
+  counts = collections.Counter(kinds.values())
+  assert counts['convolution: forward'] == 2  # both layers
+  assert counts['convolution: weight gradient'] == 2  # both kernels
+  assert counts['convolution: input gradient'] == 1  # into the first layer's output only
 
 
 @pytest.mark.parametrize('depth', [18, 34])

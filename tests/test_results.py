@@ -10,6 +10,7 @@ from mfgr_jax.results import new_results, read_results, record_task
 
 # Two tasks of two classes; output index c is label ORDER[c].
 ORDER = [3, 1, 0, 2]
+MACHINE = {'backend': 'cpu', 'cpu': 'avx2', 'xla_flags': '--xla_flag=1'}
 
 
 def fake_experiment() -> types.SimpleNamespace:
@@ -50,7 +51,8 @@ def test_a_new_record_names_the_run_and_has_no_summaries_yet():
 def test_record_task_appends_each_task_and_refreshes_the_summaries():
   results = new_results(fake_experiment())
   skipped = {'classifier': 2}
-  record_task(results, ORDER, task_0_metrics(), {'classifier': 1.5, 'eval': 0.1}, {}, skipped)
+  record_task(results, ORDER, task_0_metrics(), {'classifier': 1.5, 'eval': 0.1}, {}, skipped,
+              MACHINE)
   skipped['classifier'] = 5  # the runner's dict goes on counting in the next task
   assert results['accuracy'] == [pytest.approx(85.0)]
   assert results['average_incremental_accuracy'] == pytest.approx(85.0)
@@ -59,7 +61,7 @@ def test_record_task_appends_each_task_and_refreshes_the_summaries():
   assert results['skipped_steps'] == [{'classifier': 2}]
 
   record_task(results, ORDER, task_1_metrics(), {'classifier': 2.0, 'eval': 0.2},
-              {'train_images_per_second': 10.0}, {})
+              {'train_images_per_second': 10.0}, {}, MACHINE)
   assert results['accuracy'] == [pytest.approx(85.0), pytest.approx(57.5)]
   assert results['accuracy_matrix'] == [[pytest.approx(85.0)],
                                         [pytest.approx(25.0), pytest.approx(90.0)]]
@@ -75,6 +77,15 @@ def test_record_task_appends_each_task_and_refreshes_the_summaries():
   assert results['seconds'][1] == {'classifier': 2.0, 'eval': 0.2}
   assert results['throughput'] == [{}, {'train_images_per_second': 10.0}]
   assert results['skipped_steps'] == [{'classifier': 2}, {}]
+  assert results['machine'] == [MACHINE, MACHINE]
+
+
+def test_a_run_resumed_from_results_without_machines_records_none_for_its_earlier_tasks():
+  results = new_results(fake_experiment())
+  record_task(results, ORDER, task_0_metrics(), {}, {}, {}, MACHINE)
+  del results['machine']  # as written before the field existed
+  record_task(results, ORDER, task_1_metrics(), {}, {}, {}, MACHINE)
+  assert results['machine'] == [None, MACHINE]
 
 
 def test_read_results_is_none_unless_the_file_reads_whole(tmp_path):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
+from mfgr_jax import cpu_flags
 from mfgr_jax import train
 from mfgr_jax.errors import UserError
 
@@ -45,6 +46,12 @@ def test_smoke_run_writes_results_report_and_tensorboard(lwf_run):
   assert set(results['per_class_accuracy'][2]) == {str(c) for c in range(6)}
   assert '| after \\ on |' in (workdir / 'report.md').read_text()
   assert json.loads((workdir / 'config.json').read_text())['method'] == 'lwf'
+  # What each task ran on, with the XLA flags of the command line and this CPU's own.
+  for machine in results['machine']:
+    assert machine['backend'] == 'cpu' and machine['cpu'] == cpu_flags.cpu_kind()
+    flags = machine['xla_flags'].split()
+    assert '--xla_force_host_platform_device_count=1' in flags
+    assert set(cpu_flags.FLAGS_BY_CPU.get(cpu_flags.cpu_kind(), ())) <= set(flags)
   events = event_accumulator.EventAccumulator(str(workdir))
   events.Reload()
   tags = set(events.Tags()['scalars']) | set(events.Tags()['tensors'])
