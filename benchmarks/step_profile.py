@@ -34,26 +34,43 @@ STEPS = {'finetune': 'finetune', 'lwf': 'lwf', 'generator': 'generator (stage I)
          'replay': 'replay (stage II)'}
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = \w+\[([\d,]*)\][^ ]* (\w[\w\-]*)\(')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_COMPUTATION = re.compile(r'^(?:ENTRY )?%([\w.\-]+) ')
+_CALLS = re.compile(r'calls=%([\w.\-]+)')
 
 
 def instruction_kinds(hlo_text: str, kernel_shapes: set[tuple[int, ...]]) -> dict[str, str]:
-  """Instruction name -> kind, for the compiled module's instructions. A convolution
-  (alone or wrapped in a fusion) whose output has a kernel's dimensions, in any
-  layout, is a weight gradient (XLA leaves those without an op name); of the others,
-  those of the backward pass (`transpose(` in the op name) are input gradients."""
-  kinds = {}
-  for line in hlo_text.splitlines():
+  """Instruction name -> kind, for the instructions the executable runs (not those
+  inside a fusion's body, which run as part of the fusion). A convolution, alone or
+  as a fusion around one (XLA's `wrapped_convolution`, a YNNPACK fusion), whose output
+  has a kernel's dimensions in any layout is a weight gradient (XLA leaves those
+  without an op name); of the others, those of the backward pass (`transpose(` in
+  the op name) are input gradients."""
+  lines = hlo_text.splitlines()
+  fusion_bodies = {body for line in lines if ' fusion(' in line for body in _CALLS.findall(line)}
+  convolution_in, computation = {}, None
+  for line in lines:  # the convolution inside each fusion body, if any
+    header = _COMPUTATION.match(line)
+    if header:
+      computation = header.group(1)
+    elif ' convolution(' in line:
+      convolution_in[computation] = line
+  kinds, computation = {}, None
+  for line in lines:
+    header = _COMPUTATION.match(line)
+    if header:
+      computation = header.group(1)
     match = _INSTRUCTION.match(line)
-    if not match:
+    if header or not match or computation in fusion_bodies:
       continue
     name, shape, opcode = match.groups()
-    found = _OP_NAME.search(line)
-    op_name = found.group(1) if found else ''
+    body = next(iter(_CALLS.findall(line)), None) if opcode == 'fusion' else None
+    convolution = line if opcode == 'convolution' else convolution_in.get(body)
     dims = tuple(sorted(int(d) for d in shape.split(',') if d))
-    if opcode == 'convolution' or (opcode == 'fusion' and 'calls=%wrapped_convolution' in line):
+    if convolution:
+      found = _OP_NAME.search(convolution)
       kind = ('convolution: weight gradient' if dims in kernel_shapes else
-              'convolution: forward' if 'transpose(' not in op_name else
-              'convolution: input gradient')
+              'convolution: forward' if 'transpose(' not in (found.group(1) if found else '')
+              else 'convolution: input gradient')
     elif opcode in ('transpose', 'copy') or name.startswith(('transpose', 'copy')):
       kind = 'transposes and copies'
     elif opcode == 'fusion' and 'kind=kCustom' in line and 'ynn' in name:

@@ -56,7 +56,11 @@ def _runs_on_cpu(environ: dict) -> bool:
   platforms = environ.get('JAX_PLATFORMS', '')
   if platforms:
     return platforms.split(',')[0].strip().lower() == 'cpu'
-  return not any(importlib.util.find_spec(name) for name in _ACCELERATOR_PLUGINS)
+  return not _accelerator_plugin_installed()
+
+
+def _accelerator_plugin_installed() -> bool:
+  return any(importlib.util.find_spec(name) for name in _ACCELERATOR_PLUGINS)
 
 
 def _jaxlib_version() -> str:

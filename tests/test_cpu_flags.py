@@ -27,6 +27,12 @@ def cpu_environ(**variables: str) -> dict:
   return {'JAX_PLATFORMS': 'cpu', **variables}
 
 
+@pytest.fixture(autouse=True)
+def measured_jaxlib(monkeypatch):
+  """The jaxlib the flags were measured with, whatever is installed."""
+  monkeypatch.setattr(cpu_flags, '_jaxlib_version', lambda: '0.12.0.1')
+
+
 def test_the_measured_flags_are_appended_to_the_users_xla_flags_once():
   environ = cpu_environ(XLA_FLAGS='--xla_force_host_platform_device_count=2')
   assert cpu_flags.use_project_flags(environ, kind='avx2') == (FLAG,)
@@ -51,15 +57,27 @@ def test_no_flags_when_turned_off_or_off_the_cpu(environ):
   assert cpu_flags.project_flags(environ, kind='avx2') == ()
 
 
+def test_no_flags_for_a_jaxlib_they_were_not_measured_with(monkeypatch):
+  monkeypatch.setattr(cpu_flags, '_jaxlib_version', lambda: '0.13.0')
+  assert cpu_flags.project_flags(cpu_environ(), kind='avx2') == ()
+
+
+@pytest.mark.parametrize('plugin', [False, True])
+def test_without_jax_platforms_an_installed_gpu_or_tpu_plugin_means_no_flags(monkeypatch, plugin):
+  monkeypatch.setattr(cpu_flags, '_accelerator_plugin_installed', lambda: plugin)
+  assert cpu_flags.project_flags({}, kind='avx2') == (() if plugin else (FLAG,))
+
+
 def test_no_flags_on_a_cpu_kind_where_none_were_measured_to_help():
   assert cpu_flags.project_flags(cpu_environ(), kind='avx512') == ()
   assert cpu_flags.project_flags(cpu_environ(), kind='other') == ()
 
 
-def test_machine_names_the_backend_the_cpu_kind_and_the_flags_in_force():
+def test_machine_names_the_backend_the_cpu_kind_and_the_flags_in_force(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_enable_fast_math=false')
   info = cpu_flags.machine()
   assert info['backend'] == 'cpu' and info['cpu'] == cpu_flags.cpu_kind()
-  assert info['xla_flags'] == os.environ['XLA_FLAGS']
+  assert info['xla_flags'] == '--xla_cpu_enable_fast_math=false'
 
 
 def _steps_under(xla_flags: str, out) -> dict:
