@@ -11,9 +11,12 @@ that trains only the head after stage II. Every hook has a default, so a method 
 only what it changes. The per-task loop (`train.py`) calls the hooks and never
 asks which method runs.
 
-The registry is the directory: every module here that defines `METHODS` is
-found by `get_method`, and its `CONFIG` (config sections with their defaults)
-joins the run's config (`config_fields`, used by configs/default.py).
+The registry is the directory and the installed plugins: every module here that
+defines `METHODS`, and every module an installed distribution names in the
+entry-point group `mfgr_jax.methods` (a researcher's own package, outside this
+one: docs/extending.md), is found by `get_method`, and its `CONFIG` (config
+sections with their defaults) joins the run's config (`config_fields`, used by
+configs/default.py).
 Task 0 is the same for every method (plain cross-entropy), so one task-0 model
 can be shared across methods, as in the paper.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.metadata
 import pkgutil
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -163,15 +167,44 @@ class Method:
     return {'method': self.name, **{s: config[s].to_dict() for s in sections}}
 
 
+# The entry-point group under which another distribution declares its method
+# modules (pyproject.toml: [project.entry-points."mfgr_jax.methods"] NAME = "MODULE").
+ENTRY_POINT_GROUP = 'mfgr_jax.methods'
+
+
+def _plugin_modules() -> list[Any]:
+  """The method modules that installed distributions declare in ENTRY_POINT_GROUP."""
+  modules = []
+  for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    where = f'method plugin {entry.value!r} (entry point {entry.name!r} of {entry.dist.name})'
+    try:
+      module = entry.load()
+    except Exception as e:  # any error of the plugin's own code
+      raise UserError(f'{where} failed to import: {type(e).__name__}: {e}; fix it, or '
+                      f'uninstall {entry.dist.name}') from e
+    if not hasattr(module, 'METHODS'):
+      raise UserError(f'{where} defines no METHODS; point the entry point at a module '
+                      'that defines METHODS (docs/extending.md)')
+    modules.append(module)
+  return modules
+
+
 def _method_modules() -> list[Any]:
-  """Every module of this package that defines METHODS, by name."""
+  """Every module of this package that defines METHODS, by name, then the plugins'."""
   modules = [importlib.import_module(f'{__name__}.{info.name}')
              for info in pkgutil.iter_modules(__path__)]
-  return [m for m in modules if hasattr(m, 'METHODS')]
+  return [m for m in modules if hasattr(m, 'METHODS')] + _plugin_modules()
 
 
 def all_methods() -> dict[str, Method]:
-  return {method.name: method for module in _method_modules() for method in module.METHODS}
+  registry, defined_in = {}, {}
+  for module in _method_modules():
+    for method in module.METHODS:
+      if method.name in registry:
+        raise UserError(f'method {method.name!r} is defined twice ({defined_in[method.name]} '
+                        f'and {module.__name__}); rename one of them')
+      registry[method.name], defined_in[method.name] = method, module.__name__
+  return registry
 
 
 def get_method(name: str) -> Method:
@@ -190,7 +223,8 @@ def config_fields() -> dict[str, dict]:
   for module in _method_modules():
     for name, section in getattr(module, 'CONFIG', {}).items():
       if name in sections:
-        raise ValueError(f'config section {name!r} is defined twice ({module.__name__})')
+        raise UserError(f'config section {name!r} is defined twice (again in '
+                        f'{module.__name__}); rename one of them')
       sections[name] = section
   return sections
 

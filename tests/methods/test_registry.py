@@ -1,9 +1,12 @@
 """The method registry (methods/__init__.py): every method is found by name, an
 unknown one is a one-line error listing them, every section a method reads has
 defaults in the run's config, and no module of the per-task loop names a method
-(a method is added by adding its module, without touching the loop)."""
+(a method is added by adding its module, without touching the loop). Methods of
+an installed plugin distribution join the registry with their config sections;
+a broken or clashing plugin is a one-line error."""
 
 import ast
+import importlib.metadata
 import pkgutil
 import re
 
@@ -13,6 +16,7 @@ from mfgr_jax import methods
 from mfgr_jax.errors import UserError
 
 from conftest import REPO
+from plugins import install_plugin
 
 METHODS = ('finetune', 'lwf', 'oracle', 'ewc', 'mas', 'muc_mas', 'lwm', 'muc_lwf', 'icarl',
            'icarl_mfgr', 'mfgr', 'lwf_g_bn', 'g_bn', 'lwf_g_base', 'deepinversion', 'abd', 'rdfcil')
@@ -26,8 +30,68 @@ def test_get_method_finds_every_method(name):
   assert methods.get_method(name).name == name
 
 
+def _installed_plugin_methods() -> set[str]:
+  """The methods of plugins installed in this environment (none in CI)."""
+  return {method.name for entry in importlib.metadata.entry_points(group=methods.ENTRY_POINT_GROUP)
+          for method in entry.load().METHODS}
+
+
 def test_the_registry_holds_exactly_the_methods():
-  assert sorted(methods.all_methods()) == sorted(METHODS)
+  assert sorted(set(methods.all_methods()) - _installed_plugin_methods()) == sorted(METHODS)
+
+
+LAB_METHODS = """
+import dataclasses
+from mfgr_jax import config_fields as F
+from mfgr_jax.methods import lwf
+METHODS = (dataclasses.replace(lwf.METHODS[0], name=NAME, sections=('lab',)),)
+CONFIG = {SECTION: dict(strength=F.positive_number(2.0))}
+"""
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+  """`plugin(source)`: installs a distribution `lab-methods` whose entry point is a
+  module with `source`, for this test."""
+  monkeypatch.syspath_prepend(str(tmp_path))
+
+  def install(source: str) -> None:
+    (tmp_path / 'lab_methods.py').write_text(source)
+    install_plugin(tmp_path, 'lab-methods', {'lab': 'lab_methods'})
+
+  yield install
+  import sys
+  sys.modules.pop('lab_methods', None)
+
+
+def test_a_plugin_adds_its_methods_and_config_sections(plugin):
+  plugin(LAB_METHODS.replace('NAME', "'lab_lwf'").replace('SECTION', "'lab'"))
+  assert methods.get_method('lab_lwf').sections == ('lab',)
+  from configs import default
+  config = default.get_config()  # the plugin's section joins every config, with its default
+  assert config.lab.strength == 2.0
+  config.method = 'lab_lwf'
+  from mfgr_jax.experiment import check_config
+  check_config(config, 'test')  # an accepted choice of --config.method
+
+
+@pytest.mark.parametrize('source, words', [
+    ('raise ImportError("no module named torch")',
+     "method plugin 'lab_methods' (entry point 'lab' of lab-methods) failed to import: "
+     'ImportError: no module named torch; fix it, or uninstall lab-methods'),
+    ('X = 1', "method plugin 'lab_methods' (entry point 'lab' of lab-methods) defines no "
+              'METHODS'),
+    (LAB_METHODS.replace('NAME', "'lwf'").replace('SECTION', "'lab'"),
+     "method 'lwf' is defined twice (mfgr_jax.methods.lwf and lab_methods); rename one"),
+    (LAB_METHODS.replace('NAME', "'lab_lwf'").replace('SECTION', "'abd'"),
+     "config section 'abd' is defined twice (again in lab_methods); rename one"),
+], ids=['broken', 'no_methods', 'method_clash', 'section_clash'])
+def test_a_bad_plugin_is_one_line_naming_it(plugin, source, words):
+  plugin(source)
+  with pytest.raises(UserError) as error:
+    methods.all_methods()
+    methods.config_fields()
+  assert words in str(error.value) and '\n' not in str(error.value)
 
 
 def test_an_unknown_method_is_one_line_listing_the_choices():

@@ -1,0 +1,18 @@
+"""A method plugin installed for a test as pip installs one: a distribution's
+`.dist-info` folder whose `entry_points.txt` names the module in the entry-point
+group `mfgr_jax.methods`. With its folder on `sys.path` (or `PYTHONPATH` for a
+child process), `importlib.metadata` finds it like any installed package."""
+
+import pathlib
+
+from mfgr_jax.methods import ENTRY_POINT_GROUP
+
+
+def install_plugin(site: pathlib.Path, distribution: str, modules: dict[str, str]) -> None:
+  """Writes into `site` the distribution `distribution` whose entry points are
+  `modules` (entry-point name -> importable module name)."""
+  info = site / f'{distribution.replace("-", "_")}-1.0.dist-info'
+  info.mkdir(parents=True)
+  (info / 'METADATA').write_text(f'Metadata-Version: 2.1\nName: {distribution}\nVersion: 1.0\n')
+  lines = [f'[{ENTRY_POINT_GROUP}]'] + [f'{name} = {module}' for name, module in modules.items()]
+  (info / 'entry_points.txt').write_text('\n'.join(lines) + '\n')
