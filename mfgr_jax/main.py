@@ -94,6 +94,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
       where = message.split('Traceback (most recent call last)')[0].rstrip(': \n')
       message = f'{where}: {message.strip().splitlines()[-1]}'
     _fail(f'{message}; see --helpshort')
+  except UserError as e:  # the config's making found a fault (e.g. a method plugin's)
+    _fail(str(e))
   except SyntaxError as e:
     _fail(f'config file {e.filename}, line {e.lineno}: SyntaxError: {e.msg}; fix the file')
   except AttributeError as e:

@@ -1,4 +1,5 @@
-"""launch/fashion_finegrained.sh: the study's command line and the report over every kept run.
+"""launch/fashion_finegrained.sh and launch/stage_swap.sh: the studies' command lines and
+the report over every kept run.
 
 The script runs with PY set to a stand-in interpreter that records its arguments, so
 what is checked is the shell's own work: which budget, methods and seeds reach
@@ -31,12 +32,12 @@ sys.exit(int(os.environ.get('STUDY_STATUS', '0')) if sys.argv[2] == 'mfgr_jax.st
   return fake
 
 
-def _launch(tmp_path: pathlib.Path, *args: str,
+def _launch(tmp_path: pathlib.Path, *args: str, script: pathlib.Path = SCRIPT,
             **env: str) -> tuple[subprocess.CompletedProcess, list]:
   """Runs the script with `args` and the fake interpreter; returns it and the calls it made."""
   environment = dict(os.environ, PY=str(_fake_python(tmp_path)), OUT=str(tmp_path / 'out'),
                      ROOT=str(tmp_path / 'root'), **env)
-  process = subprocess.run(['bash', str(SCRIPT), *args], env=environment, capture_output=True,
+  process = subprocess.run(['bash', str(script), *args], env=environment, capture_output=True,
                            text=True, timeout=60)
   calls_file = tmp_path / 'calls.jsonl'
   calls = [json.loads(line) for line in calls_file.read_text().splitlines()
@@ -105,3 +106,23 @@ def test_unknown_budget_is_one_line(tmp_path):
   assert process.returncode == 2 and not calls
   assert process.stderr.strip().splitlines() == [
       'launch/fashion_finegrained.sh: BUDGET=huge is not quick or full']
+
+
+def test_stage_swap_installs_its_plugin_runs_the_four_cells_and_reports_them(tmp_path):
+  _keep(tmp_path, 'abd-seed0', 'mfgr-seed0', 'abd_generator_mfgr_replay-seed0', 'task0-seed0',
+        'lwf-seed0')
+  process, (install, study, report) = _launch(
+      tmp_path, '0', script=REPO / 'launch' / 'stage_swap.sh')
+  assert process.returncode == 0, process.stderr
+  assert install == ['-m', 'pip', 'install', '-q', '-e', 'docs/stage_swap']
+  assert _flag(study, 'methods') == ('mfgr,mfgr_generator_abd_replay,abd_generator_mfgr_replay,'
+                                     'abd')
+  assert _flag(study, 'config') == 'configs/fashion_finegrained.py:full'
+  assert _flag(study, 'seeds') == '0' and _flag(study, 'commit') == '1'
+  # Both cells with ABD's stage II see real and generated images in one pass.
+  assert [arg for arg in study if arg.startswith('--method_args=')] == [
+      '--method_args=abd=--config.replay.single_pass=True',
+      '--method_args=mfgr_generator_abd_replay=--config.replay.single_pass=True']
+  runs = [pathlib.Path(arg).name for arg in itertools.takewhile(
+      lambda arg: not arg.startswith('-'), report[2:])]
+  assert runs == ['mfgr-seed0', 'abd_generator_mfgr_replay-seed0', 'abd-seed0']

@@ -9,13 +9,15 @@ import ast
 import importlib.metadata
 import pkgutil
 import re
+import subprocess
+import sys
 
 import pytest
 
 from mfgr_jax import methods
 from mfgr_jax.errors import UserError
 
-from conftest import REPO
+from conftest import REPO, SMOKE, env
 from plugins import install_plugin
 
 METHODS = ('finetune', 'lwf', 'oracle', 'ewc', 'mas', 'muc_mas', 'lwm', 'muc_lwf', 'icarl',
@@ -169,3 +171,15 @@ def test_no_module_of_the_loop_names_a_method(module):
 def test_the_check_catches_a_method_planted_in_the_loop(planted):
   source = (REPO / 'mfgr_jax' / 'train.py').read_text() + '\n' + planted
   assert names_of_methods(source)
+
+
+def test_a_broken_plugin_stops_the_command_line_in_one_line(tmp_path):
+  (tmp_path / 'lab_methods.py').write_text('raise ImportError("no module named torch")')
+  install_plugin(tmp_path, 'lab-methods', {'lab': 'lab_methods'})
+  process = subprocess.run([sys.executable, '-m', 'mfgr_jax.main', f'--config={SMOKE}',
+                            f'--workdir={tmp_path / "run"}'], cwd=REPO, capture_output=True,
+                           text=True, timeout=300, env=dict(env(1), PYTHONPATH=str(tmp_path)))
+  assert process.returncode == 2 and not (tmp_path / 'run').exists()
+  assert process.stderr.strip() == (
+      "mfgr_jax: error: method plugin 'lab_methods' (entry point 'lab' of lab-methods) failed "
+      'to import: ImportError: no module named torch; fix it, or uninstall lab-methods')
