@@ -28,3 +28,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements.txt
+# The project itself, editable: `import mfgr_jax` and method plugins work from any folder.
+.venv/bin/python -m pip install -qq --no-deps -e .

@@ -2,90 +2,18 @@
 
 Sized for a 2-core CPU: LwF or finetune finish in about 9 minutes, MFGR (a
 300-step generator per incremental task) in about half an hour. Switch the
-method with `--config.method=...`, any module's name under mfgr_jax/methods/
-(README, "Methods"; an unknown name lists them).
+method with `--config.method=...`: any method of mfgr_jax/methods/ or of an
+installed plugin (README, "Methods"; an unknown name lists them).
 
-Each field is declared with the values it allows (`get_fields`); a run checks
-its whole config against these rules before it loads data or compiles anything.
+Its fields, their defaults and the values each allows are declared in the library
+(`mfgr_jax/run_config.py`); a run checks its whole config against them before it
+loads data or compiles anything.
 """
 
 import ml_collections
 
-from mfgr_jax import config_fields as F
-from mfgr_jax import methods
-from mfgr_jax.data.loading import DATASETS
-from mfgr_jax.models.resnet import COMPUTE_DTYPES, STAGE_BLOCKS, STEMS
-
-
-def _class_order(spec: str) -> bool:
-  return spec in ('identity', 'seeded') or all(
-      part.strip().isdigit() for part in spec.split(','))
-
-
-def get_fields() -> dict:
-  """Every field of a run's config: its default and the values it allows
-  (`mfgr_jax/config_fields.py`). `get_config` gives the defaults; every run's
-  config is checked against these rules before any work."""
-  fields = dict(
-      seed=F.seed(0),
-      method=F.choice('lwf', tuple(sorted(methods.all_methods()))),
-      # Workdir of another run of the same setting whose task-0 model to reuse
-      # ("we fix the initial model for all methods"); '' trains task 0 here.
-      init_from=F.text(''),
-      data=dict(
-          # fashion_mnist | cifar100 | tiny_imagenet | caltech_birds2011 | caltech101 |
-          # cub_caltech (CUB's 200 labels, then Caltech-101's 102) | synthetic
-          name=F.choice('fashion_mnist', DATASETS),
-          data_dir=F.text(''),  # where TFDS keeps prepared data; '' = ~/tensorflow_datasets
-          manual_dir=F.text(''),  # official archives; '' = the dataset's usual place
-          # Fall back to TFDS's download when nothing is found locally (and its
-          # server answers).
-          download=F.boolean(True),
-          # >0: a fixed (seed-0) subset of each class's training images; and of its test images.
-          max_train_per_class=F.integer(0),
-          max_test_per_class=F.integer(0),
-          image_size=F.integer(0),  # >0: resize every image to this square size (PIL bilinear)
-          crop_padding=F.integer(2),  # random crops of the image padded by this many pixels
-          flip=F.boolean(True),
-          synthetic=dict(num_classes=F.positive_integer(10), image_size=F.positive_integer(28),
-                         channels=F.choice(1, (1, 3)), train_per_class=F.positive_integer(256),
-                         test_per_class=F.positive_integer(64), seed=F.seed(0))),
-      scenario=dict(
-          class_order=F.text('identity', "'identity', 'seeded' or comma-separated label ids",
-                             _class_order),
-          class_order_seed=F.seed(1993),
-          base_classes=F.integer(0),  # 0: the first task has `increment` classes too
-          increment=F.positive_integer(2),
-          num_tasks=F.integer(0)),  # >0: stop after this many tasks
-      # stem: 'cifar' (3x3, no pooling) or 'imagenet' (7x7/2 + max-pool, for 224x224).
-      # compute_dtype: 'bfloat16' for mixed precision on GPU/TPU (parameters, BN
-      # statistics and losses stay float32); XLA's CPU is no faster in bfloat16.
-      # init_weights: '' = random; else a .safetensors file of an ImageNet-pretrained
-      # torchvision/timm ResNet-18/34 (stem 'imagenet', width 64) whose backbone task 0
-      # starts from (mfgr_jax/models/pretrained.py; the paper's CUB/Caltech setting).
-      model=dict(depth=F.choice(18, tuple(sorted(STAGE_BLOCKS))), width=F.positive_integer(16),
-                 stem=F.choice('cifar', STEMS), compute_dtype=F.choice('float32', COMPUTE_DTYPES),
-                 init_weights=F.text('')),
-      train=dict(epochs=F.positive_integer(2), batch_size=F.positive_integer(128),
-                 learning_rate=F.positive_number(0.1), momentum=F.number(0.9, below=1.0),
-                 weight_decay=F.number(5e-4),
-                 # Task 0's own budget (PyCIL's init_epochs / init_lr); 0 = as the
-                 # other tasks. Part of what a shared task-0 model (init_from) must match.
-                 init_epochs=F.integer(0), init_learning_rate=F.number(0.0)),
-      eval_batch_size=F.positive_integer(1000),
-      # A step whose loss or gradient is NaN/Inf is never applied; then 'stop' ends
-      # the run naming the step and the terms, 'skip' counts it (results.json's
-      # skipped_steps) and goes on.
-      on_nonfinite=F.choice('stop', ('stop', 'skip')),
-      log_every_steps=F.positive_integer(50),
-      checkpoint_every_steps=F.positive_integer(200))
-  # Every method's and stage I's own sections (distillation, lwm, ewc, mas, icarl,
-  # muc, generator, deepinversion, replay, abd, rdfcil), with their rules, defaults
-  # and documentation, live with the method: the `CONFIG` of each module under
-  # mfgr_jax/methods/ and of mfgr_jax/synthesis.py.
-  fields.update(methods.config_fields())
-  return fields
+from mfgr_jax import run_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  return F.defaults(get_fields())
+  return run_config.get_config()

@@ -20,7 +20,7 @@ per replay step. 34-39 minutes per MFGR run on 2 CPU cores (measured, 3 seeds).
 
 import ml_collections
 
-from configs import default
+from mfgr_jax import run_config
 
 FINE_GRAINED_OLD = (0, 2, 4, 6)
 EASY_OLD = (1, 8)
@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The budget of issue 3 (minutes per run), or with `arg` 'full' the larger one."""
   if arg not in (None, '', 'full'):
     raise ValueError(f"configs/fashion_finegrained.py takes no argument or ':full', got {arg!r}")
-  config = default.get_config()
+  config = run_config.get_config()
   config.method = 'mfgr'
   config.data.max_train_per_class = 1500
   config.scenario.class_order = ','.join(map(str, FINE_GRAINED_OLD + EASY_OLD + NEW))

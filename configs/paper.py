@@ -9,7 +9,7 @@ takes `res64` (native 64x64 instead of the 32x32 resize).
 
 import ml_collections
 
-from configs import default
+from mfgr_jax import run_config
 
 # CUB-200-2011 label ids (class number - 1) and Caltech-101 label ids (TFDS's
 # label list, offset by 200 in the `cub_caltech` mixture). The paper picked
@@ -38,7 +38,7 @@ def parse_arg(arg: str | None, allowed: tuple[str, ...] = ('debug',)) -> set[str
 
 def _common(method: str = 'mfgr') -> ml_collections.ConfigDict:
   """What every paper setting shares: the official code's recipe (spec §6)."""
-  config = default.get_config()
+  config = run_config.get_config()
   config.method = method
   config.data.crop_padding = 4
   config.train.epochs = 150

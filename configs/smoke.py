@@ -2,11 +2,11 @@
 
 import ml_collections
 
-from configs import default
+from mfgr_jax import run_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = default.get_config()
+  config = run_config.get_config()
   config.data.name = 'synthetic'
   config.data.download = False
   config.data.synthetic = ml_collections.ConfigDict(dict(

@@ -3,9 +3,9 @@
 # and stage II in all four combinations, at the fine-grained study's full budget, each
 # seed's four runs from that seed's kept task-0 model (docs/stage_swap/runs/task0-seed<s>,
 # the full-budget study's). The two composed methods are a plugin outside the library
-# (docs/stage_swap), installed first. Each finished run is kept and committed in
-# $OUT/runs/<method>-seed<s>/ as it ends (`python -m mfgr_jax.study`), so the same command
-# resumes the study on any day or machine; then the report $OUT/report.md.
+# (examples/mfgr_examples/stage_swap.py), installed first. Each finished run is kept and
+# committed in $OUT/runs/<method>-seed<s>/ as it ends (`python -m mfgr_jax.study`), so the
+# same command resumes the study on any day or machine; then the report $OUT/report.md.
 #
 #   launch/stage_swap.sh [SEEDS...]        (seeds 0 1 2 by default)
 #   METHODS="mfgr abd" launch/stage_swap.sh 0
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-docs/stage_swap}
 ALL="mfgr mfgr_generator_abd_replay abd_generator_mfgr_replay abd"
-"$PY" -m pip install -q -e docs/stage_swap
+"$PY" -m pip install -qq --no-deps -e examples
 SEEDS=$(echo ${*:-${SEEDS:-0 1 2}} | tr ' ' ',')
 METHODS=$(echo ${METHODS:-$ALL} | tr ' ' ',')
 # ABD's stage II sees real and generated images in one pass, as in its code (and as

@@ -1,7 +1,7 @@
 """Config fields declared with their rules, and the check of a whole config.
 
 Every field of a run's config is declared once, where it is defined
-(configs/default.py for the shared sections, each method's and stage I's
+(run_config.py for the shared sections, each method's and stage I's
 `CONFIG` for theirs), as a `Field`: its default and the values it allows.
 `defaults` turns a tree of fields into the `ConfigDict` a config file starts
 from; `check` holds a config against the tree before any data is loaded or
@@ -115,7 +115,7 @@ def _problems(config: Any, fields: Fields, source: str, prefix: str = '') -> lis
     if name not in config:
       default = field.default if isinstance(field, Field) else 'a section'
       problems.append(f'{source} lacks the field {path} (default {default!r}); start from '
-                      'configs/default.py\'s get_config() and change what differs')
+                      'mfgr_jax.run_config.get_config() and change what differs')
     elif isinstance(field, Field):
       value = config[name]
       if not field.accepts(value):
@@ -131,7 +131,7 @@ def _problems(config: Any, fields: Fields, source: str, prefix: str = '') -> lis
       close = difflib.get_close_matches(name, list(fields), n=1)
       hint = f' (did you mean {prefix}{close[0]}?)' if close else ''
       problems.append(f'{source} has the unknown field {prefix}{name}{hint}; the fields are those '
-                      'of configs/default.py')
+                      'of mfgr_jax/run_config.py')
   return problems
 
 

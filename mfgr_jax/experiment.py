@@ -11,11 +11,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from configs import default
 from mfgr_jax import classifier
 from mfgr_jax import config_fields
 from mfgr_jax import keys
 from mfgr_jax import parallel
+from mfgr_jax import run_config
 from mfgr_jax.data.loading import Dataset, check_one_image_size, load_dataset, num_classes
 from mfgr_jax.data.loading import subsample_per_class
 from mfgr_jax.errors import UserError
@@ -149,9 +149,9 @@ class Experiment:
 
 def check_config(config: ml_collections.ConfigDict, source: str = 'the config') -> Method:
   """Every rule of the config, before any data is loaded or anything is compiled:
-  each field's (configs/default.py's `get_fields`), then those across fields;
+  each field's (`run_config.get_fields`), then those across fields;
   returns the method. Raises a one-line `UserError` (`source` names the config)."""
-  config_fields.check(config, default.get_fields(), source)
+  config_fields.check(config, run_config.get_fields(), source)
   method = get_method(config.method)
   parallel.check_divisible(config.train.batch_size, 'train.batch_size')
   parallel.check_divisible(config.eval_batch_size, 'eval_batch_size')

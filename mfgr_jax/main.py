@@ -126,7 +126,7 @@ def _load_config() -> ml_collections.ConfigDict:
     _fail(f'cannot load config file {filename}: {type(cause).__name__}: {cause}')
   if not isinstance(config, ml_collections.ConfigDict):
     _fail(f'config file {filename}: get_config() returned a {type(config).__name__}, not an '
-          'ml_collections.ConfigDict; start from configs/default.py\'s get_config()')
+          'ml_collections.ConfigDict; start from mfgr_jax.run_config.get_config()')
   return config
 
 

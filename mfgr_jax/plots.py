@@ -1,6 +1,6 @@
 """The report's charts, drawn with matplotlib: a line chart and a grouped bar chart.
 
-Both return uint8 HxWx3 arrays of the given pixel size, as `report.write_png`
+Both return uint8 HxWx3 arrays of the given pixel size, as `files.write_png`
 takes (and TensorBoard's image summaries would). Matplotlib draws off screen
 (the Agg canvas), so no display is needed.
 """

@@ -1,6 +1,5 @@
-"""Human-readable outputs: each run's `report.md`, and a report across runs.
-
-Across runs of one setting (methods x seeds):
+"""A report across runs of one setting (methods x seeds); one run's own report.md is
+`results.run_report`'s.
 
   python -m mfgr_jax.report RUN_DIR... --out DIR [--groups NAME=IDS]... [--classes IDS]
       [--reference METHOD] [--title TITLE]
@@ -13,78 +12,19 @@ classes after the last task with the wall time of each stage, per-class accuracy
 DIR/accuracy_curves.png and DIR/old_new.png that it embeds.
 """
 
-import json
-import os
 import pathlib
 import shlex
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 from absl import flags
 import numpy as np
-import PIL.Image
 
 from mfgr_jax import command_line
 from mfgr_jax import plots
-from mfgr_jax.results import FILE_NAME, read_results
-
-
-def write_atomic(path: pathlib.Path, text: str) -> None:
-  """Writes `text` to `path` so that a kill leaves the old file or the new one."""
-  tmp = path.with_name(f'.{path.name}.tmp')
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
-def json_text(data: Any) -> str:
-  """How results.json and config.json are written."""
-  return json.dumps(data, indent=1) + '\n'
-
-
-def write_json(path: pathlib.Path, data: Any) -> None:
-  write_atomic(path, json_text(data))
-
-
-def write_png(path: pathlib.Path, image: np.ndarray) -> None:
-  """Writes a uint8 HxWxC (C = 1 or 3) image as PNG, atomically."""
-  tmp = path.with_name(f'.{path.name}.tmp')
-  PIL.Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format='PNG')
-  os.replace(tmp, path)
-
-
-def _fmt(value: float | None) -> str:
-  return '–' if value is None else f'{value:.2f}'
-
-
-def results_markdown(results: dict) -> str:
-  """A table of accuracy per task, the accuracy matrix and the summary metrics."""
-  lines = [
-      f"# {results['method']} on {results['dataset']}",
-      '',
-      f"Class order: {', '.join(map(str, results['class_order']))}",
-      '',
-      '| task | classes | accuracy (%) | old (%) | new (%) | stage I s | classifier s | '
-      'classifier img/s |',
-      '|---|---|---|---|---|---|---|---|',
-  ]
-  for t, classes in enumerate(results['tasks'][:len(results['accuracy'])]):
-    seconds = results['seconds'][t]
-    lines.append(
-        f"| {t} | {len(classes)} | {_fmt(results['accuracy'][t])} | "
-        f"{_fmt(results['old_accuracy'][t])} | {_fmt(results['new_accuracy'][t])} | "
-        f"{_fmt(stage_one_seconds(seconds))} | {_fmt(stage_two_seconds(seconds))} | "
-        f"{_fmt(results['throughput'][t].get('train_images_per_second'))} |")
-  lines += ['', 'Accuracy matrix (row: after task t; column: task j):', '',
-            '| after \\ on | ' + ' | '.join(str(j) for j in range(len(results['accuracy']))) + ' |',
-            '|---' * (len(results['accuracy']) + 1) + '|']
-  for t, row in enumerate(results['accuracy_matrix']):
-    cells = [_fmt(a) for a in row] + [''] * (len(results['accuracy']) - len(row))
-    lines.append(f'| {t} | ' + ' | '.join(cells) + ' |')
-  lines += ['', f"- average incremental accuracy: {_fmt(results.get('average_incremental_accuracy'))}",
-            f"- last accuracy: {_fmt(results.get('last_accuracy'))}",
-            f"- forgetting: {_fmt(results.get('forgetting'))}",
-            '', results['metric_definitions'], '']
-  return '\n'.join(lines)
+from mfgr_jax.files import write_atomic, write_png
+from mfgr_jax.results import FILE_NAME, read_results, stage_one_seconds, stage_two_seconds
+from mfgr_jax.results import table_cell
 
 
 # Across runs. `Runs` maps a run directory, as given on the command line, to its results.
@@ -152,7 +92,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
 def _mean_std(values: Sequence[float | None]) -> str:
   values = [v for v in values if v is not None]
   if len(values) < 2:
-    return _fmt(values[0] if values else None)
+    return table_cell(values[0] if values else None)
   return f'{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}'
 
 
@@ -201,23 +141,9 @@ def accuracy_table(runs: Runs, reference: str | None) -> list[str]:
              for key in ('average_incremental_accuracy', 'forgetting'))]
     if reference:
       row.append('–' if method == reference else
-                 _fmt(_improvement(reference_means, _task_means(results, num_tasks))))
+                 table_cell(_improvement(reference_means, _task_means(results, num_tasks))))
     rows.append(row)
   return _table(header, rows)
-
-
-def stage_one_seconds(seconds: dict) -> float | None:
-  """Seconds of a task's stage I, by the stage names of `synthesis.py`'s kinds."""
-  # Imported here: synthesis imports the training stack, which imports this module.
-  from mfgr_jax import synthesis  # pylint: disable=g-import-not-at-top
-  stages = [seconds[k] for k in synthesis.stage_names() if k in seconds]
-  return sum(stages) if stages else None
-
-
-def stage_two_seconds(seconds: dict) -> float:
-  """Seconds of a task's classifier training, a method's head phase included."""
-  # results.json from before the generator existed call the classifier stage 'train'.
-  return seconds.get('classifier', seconds.get('train', 0.0)) + seconds.get('head', 0.0)
 
 
 def _last_task(results: dict, groups: dict[str, list[int]]) -> dict[str, float | None]:
@@ -247,9 +173,9 @@ def per_class_table(runs: Runs, classes: list[int]) -> list[str]:
   first = _setting_of(runs)
   learned = [next(t for t, task in enumerate(first['tasks']) if label in task) for label in classes]
   rows = [['when learned', *(
-      _fmt(_mean([r['per_class_accuracy'][t][str(label)] for r in runs.values() if _done(r) > t]))
+      table_cell(_mean([r['per_class_accuracy'][t][str(label)] for r in runs.values() if _done(r) > t]))
       for label, t in zip(classes, learned))]]
-  rows += [[method, *(_fmt(_mean([r['per_class_accuracy'][-1][str(label)] for r in results]))
+  rows += [[method, *(table_cell(_mean([r['per_class_accuracy'][-1][str(label)] for r in results]))
                       for label in classes)]
            for method, results in _finished_by_method(runs).items()]
   return _table(['', *(first['class_names'][label] for label in classes)], rows)
@@ -281,7 +207,7 @@ def confusion_table(runs: Runs, label: int) -> list[str]:
            if share >= CONFUSION_SHARE_SHOWN or c == label}
   columns = sorted(shown, key=lambda c: (c != label, c))  # the class itself first
   header = [f'{names[label]} ({label}) predicted as', *(f'{names[c]} ({c})' for c in columns)]
-  return _table(header, [[method, *(_fmt(row[c]) for c in columns)]
+  return _table(header, [[method, *(table_cell(row[c]) for c in columns)]
                          for method, row in means.items()])
 
 
@@ -289,7 +215,7 @@ def runs_table(runs: Runs) -> list[str]:
   """Every run's own row, in the order given."""
   return _table(['run', 'method', 'seed', 'tasks done', 'last accuracy', 'avg. incremental'],
                 [[run, r['method'], str(r['seed']), f"{_done(r)}/{len(r['tasks'])}",
-                  _fmt(r['last_accuracy']), _fmt(r['average_incremental_accuracy'])]
+                  table_cell(r['last_accuracy']), table_cell(r['average_incremental_accuracy'])]
                  for run, r in runs.items()])
 
 

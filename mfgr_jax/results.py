@@ -1,4 +1,6 @@
-"""results.json: one run's results, task by task (the output contract of docs/design.md)."""
+"""results.json, one run's results task by task (the output contract of
+docs/design.md), and report.md, the same read by a person: made, written (both at
+once, atomically) and read here."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import pathlib
 from typing import TYPE_CHECKING
 
 from mfgr_jax import evaluation
+from mfgr_jax import files
 
 if TYPE_CHECKING:
   from mfgr_jax.experiment import Experiment
@@ -16,6 +19,10 @@ FILE_NAME = 'results.json'
 # The fields that may differ between two runs with equal results: wall-clock times,
 # rates, and what each task ran on (backend, CPU kind, XLA flags).
 RUN_ENVIRONMENT = ('seconds', 'throughput', 'machine')
+# The `seconds` keys of stage I, one per kind (`synthesis.py`'s kinds take their stage
+# names from here, so that reading results needs none of the training code).
+GENERATOR_STAGE, PIXEL_POOL_STAGE = 'generator', 'synthesis'
+STAGE_ONE_NAMES = (GENERATOR_STAGE, PIXEL_POOL_STAGE)
 
 
 def read_results(folder: str | pathlib.Path) -> dict | None:
@@ -62,3 +69,63 @@ def record_task(results: dict, order: list[int], metrics: dict, seconds: dict,
       results['accuracy'])
   results['last_accuracy'] = results['accuracy'][-1]
   results['forgetting'] = evaluation.forgetting(results['accuracy_matrix'])
+
+
+def stage_one_seconds(seconds: dict) -> float | None:
+  """Seconds of a task's stage I, whichever kind it was."""
+  stages = [seconds[k] for k in STAGE_ONE_NAMES if k in seconds]
+  return sum(stages) if stages else None
+
+
+def stage_two_seconds(seconds: dict) -> float:
+  """Seconds of a task's classifier training, a method's head phase included."""
+  # results.json from before the generator existed call the classifier stage 'train'.
+  return seconds.get('classifier', seconds.get('train', 0.0)) + seconds.get('head', 0.0)
+
+
+def table_cell(value: float | None) -> str:
+  """A number as report tables show it: two decimals, or a dash for none."""
+  return '–' if value is None else f'{value:.2f}'
+
+
+def run_report(results: dict) -> str:
+  """One run's report.md: a table of accuracy per task, the accuracy matrix and the
+  summary metrics."""
+  lines = [
+      f"# {results['method']} on {results['dataset']}",
+      '',
+      f"Class order: {', '.join(map(str, results['class_order']))}",
+      '',
+      '| task | classes | accuracy (%) | old (%) | new (%) | stage I s | classifier s | '
+      'classifier img/s |',
+      '|---|---|---|---|---|---|---|---|',
+  ]
+  for t, classes in enumerate(results['tasks'][:len(results['accuracy'])]):
+    seconds = results['seconds'][t]
+    lines.append(
+        f"| {t} | {len(classes)} | {table_cell(results['accuracy'][t])} | "
+        f"{table_cell(results['old_accuracy'][t])} | {table_cell(results['new_accuracy'][t])} | "
+        f"{table_cell(stage_one_seconds(seconds))} | {table_cell(stage_two_seconds(seconds))} | "
+        f"{table_cell(results['throughput'][t].get('train_images_per_second'))} |")
+  lines += ['', 'Accuracy matrix (row: after task t; column: task j):', '',
+            '| after \\ on | ' + ' | '.join(str(j) for j in range(len(results['accuracy']))) + ' |',
+            '|---' * (len(results['accuracy']) + 1) + '|']
+  for t, row in enumerate(results['accuracy_matrix']):
+    cells = [table_cell(a) for a in row] + [''] * (len(results['accuracy']) - len(row))
+    lines.append(f'| {t} | ' + ' | '.join(cells) + ' |')
+  lines += ['', f"- average incremental accuracy: {table_cell(results.get('average_incremental_accuracy'))}",
+            f"- last accuracy: {table_cell(results.get('last_accuracy'))}",
+            f"- forgetting: {table_cell(results.get('forgetting'))}",
+            '', results['metric_definitions'], '']
+  return '\n'.join(lines)
+
+
+def outputs(results: dict) -> dict[str, str]:
+  """The text of results.json and report.md, by file name."""
+  return {FILE_NAME: files.json_text(results), 'report.md': run_report(results)}
+
+
+def write_outputs(folder: pathlib.Path, results: dict) -> None:
+  """Writes results.json and report.md into `folder`."""
+  for name, text in outputs(results).items():
+    files.write_atomic(folder / name, text)

@@ -19,7 +19,7 @@ from mfgr_jax import console
 from mfgr_jax import numerics
 from mfgr_jax import parallel
 from mfgr_jax import preemption
-from mfgr_jax import report
+from mfgr_jax import files
 from mfgr_jax.checkpoints import Checkpoints
 from mfgr_jax.errors import Interrupted, NonFiniteLoss
 from mfgr_jax.scenario import Task
@@ -117,7 +117,7 @@ class StageRunner:
     """A PNG grid in FOLDER/task<t>.png (process 0) and in TensorBoard (`STAGE/samples`)."""
     if parallel.is_main_process():
       folder.mkdir(exist_ok=True)
-      report.write_png(folder / f'task{task.index}.png', grid)
+      files.write_png(folder / f'task{task.index}.png', grid)
     self.writer.write_images(global_step, {f'{stage}/samples': grid[None]})
 
   def _report(self, stage: str, task: Task, step: int, total_steps: int, global_step: int,

@@ -32,6 +32,7 @@ from mfgr_jax import config_fields as F
 from mfgr_jax import inversion
 from mfgr_jax import keys
 from mfgr_jax import parallel
+from mfgr_jax import results
 from mfgr_jax.data.loading import image_shape
 from mfgr_jax.errors import UserError
 from mfgr_jax.models.generator import generator_features
@@ -120,11 +121,6 @@ class Synthesis:
 
 
 NONE = Synthesis()
-
-
-def stage_names() -> tuple[str, ...]:
-  """The stage names of every kind of stage I (results' `seconds` keys)."""
-  return tuple(kind.stage for kind in (generator(()), PIXEL_POOL))
 
 
 def generated_batch_size(config: ml_collections.ConfigDict, task: Task) -> int:
@@ -234,7 +230,7 @@ def generator(terms: tuple[str, ...], loss_section: str = '') -> Synthesis:
   `generator.weights`, or by `generator_weights` (with `content_temperature`)
   of the config section `loss_section` if given. The generator and its budget
   (steps, batch, learning rate) are always the `generator` section's."""
-  return Synthesis(stage='generator', section='generator',
+  return Synthesis(stage=results.GENERATOR_STAGE, section='generator',
                    steps=lambda config: config.generator.steps,
                    record=functools.partial(_record_with_generator, terms, loss_section),
                    source=_generator_source, arrays_like=_generator_params_like,
@@ -285,7 +281,7 @@ def _prepare_pixel_pool(experiment: Experiment) -> None:
 
 
 PIXEL_POOL = Synthesis(
-    stage='synthesis', section='deepinversion',
+    stage=results.PIXEL_POOL_STAGE, section='deepinversion',
     steps=lambda config: config.deepinversion.batches * config.deepinversion.iterations,
     record=_record_pixel_pool, source=_pool_source, arrays_like=_pool_like,
     check_config=_check_pixel_pool, prepare=_prepare_pixel_pool)

@@ -25,7 +25,7 @@ from mfgr_jax import evaluation
 from mfgr_jax import keys
 from mfgr_jax import parallel
 from mfgr_jax import preemption
-from mfgr_jax import report
+from mfgr_jax import files
 from mfgr_jax import workdir as workdirs
 from mfgr_jax.checkpoints import Checkpoints
 from mfgr_jax.console import rounded
@@ -33,7 +33,7 @@ from mfgr_jax.data.sampler import BatchSampler
 from mfgr_jax.errors import Interrupted
 from mfgr_jax.experiment import Experiment, build_experiment, check_config
 from mfgr_jax.models.resnet import LOSS_PARAMS, widen_head
-from mfgr_jax.results import FILE_NAME, record_task
+from mfgr_jax.results import record_task, write_outputs
 from mfgr_jax.scenario import Task
 from mfgr_jax.stage_runner import StageRunner
 
@@ -62,7 +62,7 @@ def run_tasks(experiment: Experiment) -> dict:
   try:
     results, previous, method_state, start = workdirs.resume(experiment, checkpoints)
     if parallel.is_main_process():  # after the checks: a refused config leaves config.json alone
-      report.write_json(workdir / 'config.json', config.to_dict())
+      files.write_json(workdir / 'config.json', config.to_dict())
       if start >= len(experiment.tasks_to_run):  # finished before: its outputs must be whole
         workdirs.restore_outputs(workdir, results)
     offsets = np.cumsum([0] + [experiment.task_steps(t) for t in experiment.tasks_to_run])
@@ -296,8 +296,7 @@ def save_task(experiment: Experiment, task: Task, variables: dict, method_state:
                                {'results': results, 'fingerprint': experiment.fingerprint()},
                                method_state)
   if parallel.is_main_process():
-    report.write_json(experiment.workdir / FILE_NAME, results)
-    report.write_atomic(experiment.workdir / 'report.md', report.results_markdown(results))
+    write_outputs(experiment.workdir, results)
   logging.info('After task %d: accuracy %s%% (old %s, new %s); per task %s', task.index,
                rounded(metrics['accuracy']), rounded(metrics['old_accuracy']),
                rounded(metrics['new_accuracy']),

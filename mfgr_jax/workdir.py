@@ -12,11 +12,11 @@ from typing import Any, Iterator
 from absl import logging
 
 from mfgr_jax import parallel
-from mfgr_jax import report
+from mfgr_jax import files
 from mfgr_jax.checkpoints import Checkpoints
 from mfgr_jax.errors import UserError
 from mfgr_jax.experiment import Experiment
-from mfgr_jax.results import FILE_NAME, new_results
+from mfgr_jax.results import new_results, outputs
 from mfgr_jax.scenario import Task
 
 # What a shared task-0 model must agree on: task 0 trains the same way for
@@ -119,14 +119,12 @@ def resume(experiment: Experiment, checkpoints: Checkpoints) -> tuple[dict, Any,
 def restore_outputs(workdir: pathlib.Path, results: dict) -> None:
   """Rewrites results.json and report.md from `results` (the checkpoints') where
   they are missing, unreadable or different, and says so."""
-  outputs = {FILE_NAME: report.json_text(results),
-             'report.md': report.results_markdown(results)}
-  for name, text in outputs.items():
+  for name, text in outputs(results).items():
     path = workdir / name
     try:
       if path.read_text() == text:
         continue
     except (OSError, UnicodeDecodeError):
       pass
-    report.write_atomic(path, text)
+    files.write_atomic(path, text)
     logging.warning('%s was missing or damaged: rewrote it from the checkpoints', path)

@@ -12,6 +12,7 @@ import pytest
 
 from configs import default
 from mfgr_jax import config_fields as F
+from mfgr_jax import run_config
 from mfgr_jax import experiment, train
 from mfgr_jax.errors import UserError
 
@@ -155,11 +156,11 @@ def test_every_leaf_field_is_declared_with_a_rule():
       elif not isinstance(value, F.Field):
         yield prefix + name
 
-  assert list(plain_values(default.get_fields())) == []
+  assert list(plain_values(run_config.get_fields())) == []
 
 
 def test_the_defaults_pass_their_own_rules_and_are_the_config():
-  fields = default.get_fields()
+  fields = run_config.get_fields()
   config = default.get_config()
   F.check(config, fields)
   assert set(F.leaves(fields)) == {path for path in HOSTILE}, (
@@ -167,7 +168,7 @@ def test_the_defaults_pass_their_own_rules_and_are_the_config():
 
 
 def test_a_config_with_its_defaults_is_accepted_with_every_method(smoke_config):
-  for method in F.leaves(default.get_fields())['method'].default, 'mfgr', 'rdfcil', 'muc_mas':
+  for method in F.leaves(run_config.get_fields())['method'].default, 'mfgr', 'rdfcil', 'muc_mas':
     smoke_config.method = method
     assert experiment.check_config(smoke_config).name == method
 

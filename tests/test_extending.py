@@ -1,14 +1,12 @@
-"""docs/extending.md's example method works as written: its code block, placed where
-the registry looks, is found with its config section, runs, carries its class means
-across tasks and resumes to the same results.
-
-The module is written to a temporary folder appended to the package's `__path__`
-(where `pkgutil.iter_modules` finds it) for this file's tests only, so the
-repository's methods/ stays as it is and other tests never see it.
-"""
+"""docs/extending.md's example method works as written: its code block is
+examples/mfgr_examples/finetune_ncm.py, which, installed as a plugin (as pip installs
+the examples), is found with its config section, runs, carries its class means across
+tasks and resumes to the same results; and the examples' own config runs it through
+the command line from a folder outside the repository."""
 
 import pathlib
 import re
+import subprocess
 import sys
 
 from absl import flags
@@ -21,35 +19,38 @@ from mfgr_jax import methods, train
 from mfgr_jax.checkpoints import Checkpoints
 from mfgr_jax.experiment import build_experiment
 
-from conftest import REPO, SMOKE, comparable
+from conftest import REPO, SMOKE, comparable, env, load_results
+from plugins import EXAMPLES, install_examples
 
-MODULE = 'mfgr_jax.methods.finetune_ncm'
 
-
-def example_module() -> str:
-  """The python block of docs/extending.md that starts with the example's path."""
+def test_the_docs_block_is_the_example_module():
   doc = (REPO / 'docs' / 'extending.md').read_text()
-  blocks = re.findall(r'```python\n(# mfgr_jax/methods/finetune_ncm\.py\n.*?)```', doc, re.DOTALL)
-  assert len(blocks) == 1, 'docs/extending.md must hold exactly one finetune_ncm.py block'
-  return blocks[0]
+  blocks = re.findall(r'```python\n# examples/mfgr_examples/finetune_ncm\.py\n(.*?)```', doc,
+                      re.DOTALL)
+  assert blocks == [(EXAMPLES / 'mfgr_examples' / 'finetune_ncm.py').read_text()]
+
+
+@pytest.fixture(scope='module')
+def site(tmp_path_factory) -> pathlib.Path:
+  folder = tmp_path_factory.mktemp('site')
+  install_examples(folder)
+  return folder
 
 
 @pytest.fixture(scope='module', autouse=True)
-def registered(tmp_path_factory):
-  """finetune_ncm, discoverable as a module of mfgr_jax.methods while this file runs."""
-  folder = tmp_path_factory.mktemp('methods')
-  (folder / 'finetune_ncm.py').write_text(example_module())
-  methods.__path__.append(str(folder))
+def registered(site):
+  """The examples installed, on the path while this file runs."""
+  sys.path.insert(0, str(site))
   try:
     yield
   finally:
-    methods.__path__.remove(str(folder))
-    sys.modules.pop(MODULE, None)
-    vars(methods).pop('finetune_ncm', None)
+    sys.path.remove(str(site))
+    for module in [name for name in sys.modules if name.startswith('mfgr_examples')]:
+      del sys.modules[module]
 
 
 def smoke(num_tasks: int = 0) -> ml_collections.ConfigDict:
-  """configs/smoke.py's config for finetune_ncm, made after the module is registered
+  """configs/smoke.py's config for finetune_ncm, made after the plugin is installed
   (the registry gathers the `CONFIG` sections when a config is made)."""
   from configs import smoke as smoke_module
   config = smoke_module.get_config()
@@ -112,3 +113,14 @@ def test_stopping_after_task_1_and_continuing_restores_the_means(whole_run, tmp_
   _, results = whole_run
   assert len(train.run(smoke(num_tasks=2), str(tmp_path))['accuracy']) == 2
   assert comparable(train.run(smoke(), str(tmp_path))) == comparable(results)
+
+
+def test_the_examples_config_runs_it_from_outside_the_repository(site, tmp_path):
+  process = subprocess.run(
+      [sys.executable, '-m', 'mfgr_jax.main', f'--config={EXAMPLES / "configs" / "finetune_ncm.py"}',
+       f'--workdir={tmp_path / "run"}', '--config.scenario.num_tasks=2'],
+      cwd=tmp_path, env=dict(env(1), PYTHONPATH=str(site)), capture_output=True, text=True,
+      timeout=600)
+  assert process.returncode == 0, process.stderr
+  results = load_results(tmp_path / 'run')
+  assert results['method'] == 'finetune_ncm' and len(results['accuracy']) == 2

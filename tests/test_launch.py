@@ -114,7 +114,7 @@ def test_stage_swap_installs_its_plugin_runs_the_four_cells_and_reports_them(tmp
   process, (install, study, report) = _launch(
       tmp_path, '0', script=REPO / 'launch' / 'stage_swap.sh')
   assert process.returncode == 0, process.stderr
-  assert install == ['-m', 'pip', 'install', '-q', '-e', 'docs/stage_swap']
+  assert install == ['-m', 'pip', 'install', '-qq', '--no-deps', '-e', 'examples']
   assert _flag(study, 'methods') == ('mfgr,mfgr_generator_abd_replay,abd_generator_mfgr_replay,'
                                      'abd')
   assert _flag(study, 'config') == 'configs/fashion_finegrained.py:full'

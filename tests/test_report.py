@@ -1,4 +1,9 @@
+"""The report across runs (report.py): its tables, charts and command line, and that
+reading kept runs needs none of the training stack."""
+
 import json
+import subprocess
+import sys
 
 import numpy as np
 import PIL.Image
@@ -228,6 +233,11 @@ def test_unknown_label_id_is_one_line(tmp_path):
   _one_line_error(dirs + ['--confusion', '9', '--out', str(tmp_path / 'out')], r'\[9\]')
 
 
-def test_classifier_seconds_include_a_head_phase():
-  assert report.stage_two_seconds({'generator': 5.0, 'classifier': 2.0, 'head': 1.5}) == 3.5
-  assert report.stage_two_seconds({'train': 4.0}) == 4.0  # results.json of before 2026-11
+def test_the_report_imports_none_of_the_training_stack():
+  """`python -m mfgr_jax.report` only reads JSON and draws: no jax, flax, optax, orbax,
+  clu or TensorFlow (each costs seconds to import)."""
+  process = subprocess.run(
+      [sys.executable, '-c', 'import sys, mfgr_jax.report; print(" ".join(sys.modules))'],
+      capture_output=True, text=True, timeout=120, check=True)
+  heavy = {'jax', 'jaxlib', 'flax', 'optax', 'orbax', 'clu', 'tensorflow'}
+  assert heavy & {name.split('.')[0] for name in process.stdout.split()} == set()

@@ -1,4 +1,5 @@
-"""results.py: results.json's record of a run, task by task, and its summaries."""
+"""results.py: results.json's record of a run, task by task, and its summaries; the
+run's report.md; both written together."""
 
 import types
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from mfgr_jax import evaluation
+from mfgr_jax import results as results_module
 from mfgr_jax.results import new_results, read_results, record_task
 
 # Two tasks of two classes; output index c is label ORDER[c].
@@ -94,3 +96,22 @@ def test_read_results_is_none_unless_the_file_reads_whole(tmp_path):
   assert read_results(tmp_path) is None
   (tmp_path / 'results.json').write_text('{"accuracy": [90.0, 60.0]}')
   assert read_results(str(tmp_path)) == {'accuracy': [90.0, 60.0]}
+
+
+def test_stage_seconds_by_kind_and_a_head_phase_counted_as_classifier():
+  stage_two = results_module.stage_two_seconds
+  assert stage_two({'generator': 5.0, 'classifier': 2.0, 'head': 1.5}) == 3.5
+  assert stage_two({'train': 4.0}) == 4.0  # results.json of before 2026-11
+  assert results_module.stage_one_seconds({'generator': 5.0, 'classifier': 2.0}) == 5.0
+  assert results_module.stage_one_seconds({'synthesis': 3.0, 'classifier': 2.0}) == 3.0
+  assert results_module.stage_one_seconds({'classifier': 2.0}) is None
+
+
+def test_results_and_report_are_written_together_and_read_back(tmp_path):
+  results = new_results(fake_experiment())
+  record_task(results, ORDER, task_0_metrics(), {'classifier': 2.0}, {}, {}, MACHINE)
+  results_module.write_outputs(tmp_path, results)
+  assert read_results(tmp_path) == results
+  report = (tmp_path / 'report.md').read_text()
+  assert report == results_module.run_report(results) and report.startswith('# lwf on synthetic')
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['report.md', 'results.json']

@@ -1,10 +1,11 @@
-"""docs/stage_swap/stage_swap.py, the stage-swap study's methods, written outside the
-library as a plugin: each composed method has one parent's stage I and the other's
-stage II, and both run through `python -m mfgr_jax.study` (as the study runs them),
-installed as a distribution on PYTHONPATH, logging the terms of the right stages."""
+"""examples/mfgr_examples/stage_swap.py, the stage-swap study's methods, written
+outside the library as a plugin: each composed method has one parent's stage I and
+the other's stage II, and both run through `python -m mfgr_jax.study` (as the study
+runs them) from a folder outside the repository, with the examples installed (as
+pip installs them) and nothing else of the repository on the path, logging the terms
+of the right stages."""
 
 import dataclasses
-import os
 import subprocess
 import sys
 
@@ -12,10 +13,9 @@ import pytest
 
 from mfgr_jax.methods import abd, mfgr
 
-from conftest import REPO, SMOKE, env, load_results, tensorboard_tags
-from plugins import install_plugin
+from conftest import SMOKE, env, load_results, tensorboard_tags
+from plugins import install_examples
 
-PLUGIN_FOLDER = REPO / 'docs' / 'stage_swap'
 CELLS = {  # method: (stage I terms, its weights' section, stage II's method)
     'mfgr_generator_abd_replay': (mfgr.MFGR_TERMS, '', 'abd'),
     'abd_generator_mfgr_replay': (abd.ABD_TERMS, 'abd', 'mfgr'),
@@ -24,19 +24,19 @@ CELLS = {  # method: (stage I terms, its weights' section, stage II's method)
 
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
-  """A folder where the plugin is installed (its dist-info; the module stays in docs/)."""
+  """A folder where the examples are installed."""
   folder = tmp_path_factory.mktemp('site')
-  install_plugin(folder, 'mfgr-stage-swap', {'stage_swap': 'stage_swap'})
+  install_examples(folder)
   return folder
 
 
 @pytest.fixture
 def stage_swap(site, monkeypatch):
   monkeypatch.syspath_prepend(str(site))
-  monkeypatch.syspath_prepend(str(PLUGIN_FOLDER))
   from mfgr_jax import methods
   yield methods
-  sys.modules.pop('stage_swap', None)
+  for module in [name for name in sys.modules if name.startswith('mfgr_examples')]:
+    del sys.modules[module]
 
 
 @pytest.mark.parametrize('name', sorted(CELLS))
@@ -51,14 +51,15 @@ def test_each_cell_is_one_stage_i_with_the_others_stage_ii(stage_swap, name):
 
 
 def test_the_cells_run_through_the_study_and_log_their_stages(site, tmp_path):
-  keep = tmp_path / 'keep'
-  environment = dict(env(1), PYTHONPATH=os.pathsep.join([str(site), str(PLUGIN_FOLDER)]))
+  keep, elsewhere = tmp_path / 'keep', tmp_path / 'elsewhere'
+  elsewhere.mkdir()
+  environment = dict(env(1), PYTHONPATH=str(site))
   subprocess.run(
       [sys.executable, '-m', 'mfgr_jax.study', f'--config={SMOKE}', f'--methods={",".join(CELLS)}',
        '--seeds=0', f'--keep={keep}', f'--workdirs={tmp_path / "workdirs"}',
        '--method_args=mfgr_generator_abd_replay=--config.replay.single_pass=True', '--',
        '--config.scenario.num_tasks=2', '--config.train.epochs=1'],
-      cwd=REPO, env=environment, check=True, capture_output=True, timeout=900)
+      cwd=elsewhere, env=environment, check=True, capture_output=True, timeout=900)
   for name, (terms, _, replay) in CELLS.items():
     results = load_results(keep / f'{name}-seed0')
     assert results['method'] == name and len(results['accuracy']) == 2

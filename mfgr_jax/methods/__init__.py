@@ -16,7 +16,7 @@ defines `METHODS`, and every module an installed distribution names in the
 entry-point group `mfgr_jax.methods` (a researcher's own package, outside this
 one: docs/extending.md), is found by `get_method`, and its `CONFIG` (config
 sections with their defaults) joins the run's config (`config_fields`, used by
-configs/default.py).
+`run_config.py`).
 Task 0 is the same for every method (plain cross-entropy), so one task-0 model
 can be shared across methods, as in the paper.
 """
@@ -218,7 +218,7 @@ def get_method(name: str) -> Method:
 def config_fields() -> dict[str, dict]:
   """Every config section a method or a stage I reads, as fields with their
   defaults and rules (each module's `CONFIG`, `config_fields.py`);
-  configs/default.py adds them to the run's config."""
+  `run_config.get_fields` adds them to the run's config."""
   sections = dict(synthesis_kinds.CONFIG)
   for module in _method_modules():
     for name, section in getattr(module, 'CONFIG', {}).items():

@@ -1,10 +1,10 @@
 """MFGR's and ABD's stage I and stage II, each with the other's: the two off-diagonal
 cells of the stage-swap study (docs/results.md, "Stage I or stage II?").
 
-A research extension written from outside the library, as a user writes one: this
-module is a method plugin (pyproject.toml beside it declares it in the entry-point
-group `mfgr_jax.methods`), installed with `pip install -e docs/stage_swap`, after
-which `--config.method=NAME` and `python -m mfgr_jax.study --methods=NAME` find its
+A research extension written from outside the library, as a user writes one: a
+method plugin (examples/pyproject.toml declares it in the entry-point group
+`mfgr_jax.methods`), installed with `pip install -e examples`, after which
+`--config.method=NAME` and `python -m mfgr_jax.study --methods=NAME` find its
 methods. Each method is an existing one with its stage I replaced:
 
 | method                       | stage I (generator terms) | stage II (classifier loss)          |

@@ -1,0 +1,1 @@
+"""Example method plugins for mfgr_jax (examples/pyproject.toml declares them)."""
