@@ -31,6 +31,6 @@ for method in $ALL; do
 done
 "$PY" -m mfgr_jax.report "${runs[@]}" \
   --groups "fine-grained old=0,2,4,6" --groups "easy old=1,8" --groups "new=3,5,7,9" \
-  --classes 0,2,4,6,1,8 --confusion 1,6,7,8 \
+  --classes 6,7,8,1,0,2,4 --confusion 1,6,7,8 \
   --title "Stage I or stage II? MFGR's and ABD's stages swapped (configs/fashion_finegrained.py:full)" \
   --out "$OUT"
