@@ -1,4 +1,4 @@
-"""The paper's settings (spec §1, §6): shared by the per-setting config files.
+"""The paper's settings (paper §6.1-6.2): shared by the per-setting config files.
 
 Each setting's file calls one function here with its split. The config
 argument takes comma-separated options, big_vision style:
@@ -37,7 +37,8 @@ def parse_arg(arg: str | None, allowed: tuple[str, ...] = ('debug',)) -> set[str
 
 
 def _common(method: str = 'mfgr') -> ml_collections.ConfigDict:
-  """What every paper setting shares: the official code's recipe (spec §6)."""
+  """What every paper setting shares: the official code's recipe
+  (xmengxin/MFGR `run.sh`, `train_mfgr.py`)."""
   config = run_config.get_config()
   config.method = method
   config.data.crop_padding = 4
@@ -48,12 +49,12 @@ def _common(method: str = 'mfgr') -> ml_collections.ConfigDict:
   config.generator.batch_size = 512
   config.generator.diversity_pairs = 200
   config.replay.generated_batch_size = 512
-  # MAS as MUC runs it, which the paper's MAS rows follow (spec §8.3); MUC's
+  # MAS as MUC runs it, which the paper's MAS rows follow (Liuy8/MUC); MUC's
   # unlabelled auxiliary data is SVHN.
   config.mas.update(dict(output_norm='muc', weight=0.02, accumulate='sum'))
   config.muc.auxiliary = 'svhn_cropped'
-  # DeepInversion's CIFAR setting (spec §8.8): 2000 Adam steps per batch of 256;
-  # the pool size (20 batches, 5120 images) is ours.
+  # DeepInversion's CIFAR setting (NVlabs/DeepInversion `cifar10/deepinversion_cifar10.py`):
+  # 2000 Adam steps per batch of 256; the pool size (20 batches, 5120 images) is ours.
   config.deepinversion.update(dict(batches=20, batch_size=256, iterations=2000,
                                    log_every_steps=500))
   config.log_every_steps = 100
@@ -63,7 +64,7 @@ def _common(method: str = 'mfgr') -> ml_collections.ConfigDict:
 
 
 def cifar100(base_classes: int, increment: int, arg: str | None) -> ml_collections.ConfigDict:
-  """CIFAR-100, identity class order, CIFAR ResNet-34, Generator32 (spec §1-§2)."""
+  """CIFAR-100, identity class order, CIFAR ResNet-34, Generator32 (paper §6.1-6.2)."""
   options = parse_arg(arg)
   config = _common()
   config.data.name = 'cifar100'
@@ -89,7 +90,7 @@ def tinyimagenet(base_classes: int, increment: int, arg: str | None) -> ml_colle
 def cub(class_order: tuple[int, ...], base_classes: int, increment: int, name: str,
         arg: str | None) -> ml_collections.ConfigDict:
   """CUB / Caltech at 224x224 (Tables 3-4): about 30 train and 30 test images per
-  class, torchvision-style ResNet-18, Generator256 resized to 224 (spec §2.2).
+  class, torchvision-style ResNet-18, Generator256 resized to 224 (paper §6.2).
 
   Not released by the authors, so these are ours: the class lists above; pad-
   crop by 28 pixels (1/8 of the side, as 4 of CIFAR's 32); 100 epochs; 10k

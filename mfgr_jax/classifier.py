@@ -22,7 +22,7 @@ from mfgr_jax.models.resnet import Forward, classify
 
 # A method's loss, run inside the jitted step: (the model's outputs, logits over
 # the seen classes; output-index labels; the teacher's outputs on the same
-# images, or None; what the method carried from earlier tasks, or None)
+# images, or None; what the method carries from earlier tasks, or None)
 # -> (loss, metrics).
 ClassifierLoss = Callable[[Forward, jax.Array, Forward | None, Any],
                           tuple[jax.Array, dict[str, jax.Array]]]
@@ -41,7 +41,8 @@ class TrainState:
 
 
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-  """SGD with coupled L2 weight decay and a per-step cosine to 0 (spec §3)."""
+  """SGD with coupled L2 weight decay and a per-step cosine to 0
+  (xmengxin/MFGR `train_mfgr.py`)."""
   schedule = optax.cosine_decay_schedule(config.learning_rate, max(total_steps, 1), alpha=0.0)
   return sgd_with_weight_decay(schedule, config.weight_decay, config.momentum)
 
@@ -62,17 +63,17 @@ def init_train_state(params: Any, batch_stats: Any, tx: optax.GradientTransforma
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn: ClassifierLoss,
                     augment_kwargs: dict, teacher: nn.Module | None = None) -> Callable:
-  """Returns a data-parallel `step(state, batch, teacher_vars, carried) -> (state, metrics)`.
+  """Returns a data-parallel `step(state, batch, teacher_vars, method_state) -> (state, metrics)`.
 
   `batch` holds uint8 `image`, output-index `label` and one PRNG key per
   example (`aug_key`). The teacher, if any, runs in eval mode on the same
-  augmented images and is never differentiated. `carried` is what the method
-  carried from earlier tasks (replicated; e.g. EWC's anchor and importance),
-  passed to the loss; pass None as `teacher_vars` / `carried` when unused.
+  augmented images and is never differentiated. `method_state` is what the
+  method carries from earlier tasks (replicated; e.g. EWC's anchor and importance),
+  passed to the loss; pass None as `teacher_vars` / `method_state` when unused.
   """
 
   def step(state: TrainState, batch: dict, teacher_vars: Any,
-           carried: Any) -> tuple[TrainState, dict]:
+           method_state: Any) -> tuple[TrainState, dict]:
     images = augment(batch['image'], batch['aug_key'], **augment_kwargs)
     teacher_out = None
     if teacher is not None:
@@ -81,7 +82,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss_fn:
     def loss_and_stats(params):
       out, batch_stats = classify(model, {'params': params, 'batch_stats': state.batch_stats},
                                   images, train=True)
-      loss, metrics = loss_fn(out, batch['label'], teacher_out, carried)
+      loss, metrics = loss_fn(out, batch['label'], teacher_out, method_state)
       accuracy = jnp.mean(jnp.argmax(out.logits, -1) == batch['label'])
       return loss, (batch_stats, {**metrics, 'loss': loss, 'train_accuracy': accuracy})
 

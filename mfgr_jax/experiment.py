@@ -82,9 +82,9 @@ class Experiment:
     """Indices of the training images of output classes first .. last - 1."""
     return np.flatnonzero((self.train_targets >= first) & (self.train_targets < last))
 
-  def synthesis_steps(self, task: Task) -> int:
+  def stage_one_steps(self, task: Task) -> int:
     """Stage I steps of `task`: none at task 0 or for methods that replay nothing."""
-    return self.method.synthesis.steps(self.config) if task.num_old else 0
+    return self.method.stage_one.steps(self.config) if task.num_old else 0
 
   def train_count(self, task: Task) -> int:
     return self.method.train_count(self, task)
@@ -109,11 +109,11 @@ class Experiment:
     """Steps of the method's head phase in `task`: none at task 0, without a head
     phase, or without a stage I to replay."""
     phase = self.method.head_phase
-    return phase.steps(self, task) if phase is not None and self.synthesis_steps(task) else 0
+    return phase.steps(self, task) if phase is not None and self.stage_one_steps(task) else 0
 
   def task_steps(self, task: Task) -> int:
     """Every step of `task`: stage I, the classifier and the head phase."""
-    return self.synthesis_steps(task) + self.total_steps(task) + self.head_steps(task)
+    return self.stage_one_steps(task) + self.total_steps(task) + self.head_steps(task)
 
   def fingerprint(self) -> dict:
     """What must match for a checkpoint of this workdir to be resumed."""
@@ -165,7 +165,7 @@ def check_config(config: ml_collections.ConfigDict, source: str = 'the config') 
                                'tasks' / '0').exists():
     raise UserError(f'init_from={config.init_from} has no task-0 checkpoint (checkpoints/tasks/0);'
                     ' point it at the workdir of a run that finished task 0, or set it to \'\'')
-  method.synthesis.check_config(config)
+  method.stage_one.check_config(config)
   method.check_config(config)
   return method
 
@@ -181,9 +181,11 @@ def planned_tasks(config: ml_collections.ConfigDict) -> list[Task]:
   return tasks
 
 
-def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Experiment:
-  """Checks the config, loads the data and builds the scenario; raises `UserError`."""
-  method = check_config(config)
+def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                     method: Method | None = None) -> Experiment:
+  """Checks the config (unless the caller did: `method` is then what `check_config`
+  returned), loads the data and builds the scenario; raises `UserError`."""
+  method = method or check_config(config)
   # An explicit class order may name a subset: only those classes are loaded.
   with parallel.main_process_first('prepare data'):
     dataset = load_dataset(config.data, listed_classes(config.scenario.class_order))
@@ -198,7 +200,7 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -
   experiment = Experiment(config, workdir, method, dataset, order, tasks,
                           output_of_label[dataset.train_labels],
                           output_of_label[dataset.test_labels])
-  method.synthesis.prepare(experiment)
+  method.stage_one.prepare(experiment)
   experiment.resources = method.prepare(experiment)
   for task in experiment.tasks_to_run:
     if experiment.steps_per_epoch(task) == 0:

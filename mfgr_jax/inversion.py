@@ -46,7 +46,8 @@ class GeneratorState:
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam(lr 0.01, betas (0.9, 0.999), eps 1e-8), no decay, no schedule (spec §4)."""
+  """Adam(lr 0.01, betas (0.9, 0.999), eps 1e-8), no decay, no schedule
+  (xmengxin/MFGR `train_mfgr.py`, the generator's optimiser)."""
   return optax.adam(config.learning_rate, b1=0.9, b2=0.999, eps=1e-8)
 
 

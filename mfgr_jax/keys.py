@@ -5,11 +5,15 @@ takes a new stream number (never reuse one: runs would change)."""
 
 import jax
 
+# The model's initialisation and its widened head; the classifier's batch order,
+# augmentation and replay draws; the generator's initialisation, steps and sample
+# grid; MUC's side heads; DeepInversion's pixel pool.
 (INIT, HEAD, ORDER, AUGMENT, GENERATOR_INIT, GENERATOR_STEPS, REPLAY, SAMPLES, SIDE_HEADS,
- SYNTHESIS) = range(10)
+ PIXEL_POOL) = range(10)
 # A method's head phase (its batch order, augmentation and replay draws), the
-# parameters its loss owns, and its estimate of the replayed class counts.
-HEAD_PHASE_ORDER, HEAD_PHASE_AUGMENT, HEAD_PHASE_REPLAY, LOSS_PARAMS, REPLAY_CLASS_COUNTS = (
+# initialisation of the parameters its loss owns, and its estimate of the
+# replayed class counts.
+HEAD_PHASE_ORDER, HEAD_PHASE_AUGMENT, HEAD_PHASE_REPLAY, LOSS_PARAMS_INIT, REPLAY_CLASS_COUNTS = (
     range(10, 15))
 
 

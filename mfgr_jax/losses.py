@@ -49,7 +49,8 @@ def quadratic_penalty(params: Any, anchor: Any, importance: Any) -> jax.Array:
 
 
 # Stage I (knowledge recording): losses of the generator against the frozen
-# old classifier, each on one generated batch (spec §4).
+# old classifier, each on one generated batch (paper §5.2; xmengxin/MFGR
+# `trainers/df_generator_trainer.py`, `train_df_generator`).
 
 
 def one_hot_loss(logits: jax.Array) -> jax.Array:

@@ -144,7 +144,7 @@ def main(argv: list[str]) -> None:
   try:
     if _DISTRIBUTED.value or explicit[0] is not None:
       parallel.initialize_processes(*explicit)
-    check_config(config, f'config file {flags.FLAGS["config"].config_filename}')
+    method = check_config(config, f'config file {flags.FLAGS["config"].config_filename}')
   except UserError as e:
     _fail(str(e))
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename,
@@ -154,7 +154,7 @@ def main(argv: list[str]) -> None:
   if parallel.is_main_process():
     print(f'mfgr_jax: workdir {pathlib.Path(workdir).absolute()}', flush=True)
   try:
-    results = train.run(config, workdir)
+    results = train.run(config, workdir, method)
   except UserError as e:
     _fail(str(e), e.exit_status)
   except OSError as e:  # a full disk or a lost mount while writing checkpoints or results

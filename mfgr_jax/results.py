@@ -1,5 +1,5 @@
-"""results.json, one run's results task by task (the output contract of
-docs/design.md), and report.md, the same read by a person: made, written (both at
+"""results.json, one run's results task by task (its fields: the README's
+Outputs), and report.md, the same read by a person: made, written (both at
 once, atomically) and read here."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ FILE_NAME = 'results.json'
 # The fields that may differ between two runs with equal results: wall-clock times,
 # rates, and what each task ran on (backend, CPU kind, XLA flags).
 RUN_ENVIRONMENT = ('seconds', 'throughput', 'machine')
-# The `seconds` keys of stage I, one per kind (`synthesis.py`'s kinds take their stage
+# The `seconds` keys of stage I, one per kind (`stage_one.py`'s kinds take their stage
 # names from here, so that reading results needs none of the training code).
 GENERATOR_STAGE, PIXEL_POOL_STAGE = 'generator', 'synthesis'
 STAGE_ONE_NAMES = (GENERATOR_STAGE, PIXEL_POOL_STAGE)

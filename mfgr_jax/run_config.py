@@ -3,7 +3,7 @@
 `get_fields()` declares them (the rules are `config_fields.py`'s); `get_config()`
 is the config of their defaults, from which every config file under configs/
 (and a user's own) starts. The sections a method or a stage I reads join from
-the method modules and installed plugins (`methods.config_fields()`). Every run
+the method modules and installed plugins (`methods.config_sections()`). Every run
 checks its whole config against these rules before it loads data or compiles
 anything (`experiment.check_config`).
 """
@@ -81,8 +81,8 @@ def get_fields() -> dict:
   # Every method's and stage I's own sections (distillation, lwm, ewc, mas, icarl,
   # muc, generator, deepinversion, replay, abd, rdfcil), with their rules, defaults
   # and documentation, live with the method: the `CONFIG` of each module under
-  # mfgr_jax/methods/ and of mfgr_jax/synthesis.py.
-  fields.update(methods.config_fields())
+  # mfgr_jax/methods/ and of mfgr_jax/stage_one.py.
+  fields.update(methods.config_sections())
   return fields
 
 

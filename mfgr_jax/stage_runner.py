@@ -6,6 +6,8 @@ Every stage of a task (stage I's generator or pixel pool, the classifier) is
 to the stage's last step; the runner knows nothing of what the step does.
 """
 
+import dataclasses
+import pathlib
 import time
 from typing import Any, Callable
 
@@ -26,34 +28,52 @@ from mfgr_jax.scenario import Task
 
 
 class StageRunner:
-  """Runs the stages of a run's tasks; holds where they report and checkpoint.
-
-  `skipped`: updates not applied in the current task because a loss or
-  gradient was not finite, per stage (on_nonfinite='skip'); saved with the
-  progress checkpoints.
+  """Runs the stages of a run's tasks; holds where they report and checkpoint, and
+  the current task's account: the seconds spent in each of its stages and the
+  updates skipped as non-finite (on_nonfinite='skip'), both saved with the
+  progress checkpoints and restored with them (`start_task`).
   """
 
   def __init__(self, checkpoints: Checkpoints, writer: metric_writers.MetricWriter,
                progress: periodic_actions.ReportProgress, on_nonfinite: str,
-               checkpoint_every_steps: int, fingerprint: dict):
+               checkpoint_every_steps: int, fingerprint: dict, samples_folder: pathlib.Path):
     self.checkpoints = checkpoints
     self.writer = writer
-    self.skipped: dict[str, int] = {}
     self._progress = progress
     self._on_nonfinite = on_nonfinite
     self._checkpoint_every_steps = checkpoint_every_steps
     self._fingerprint = fingerprint
+    self._samples_folder = samples_folder
+    self._seconds: dict[str, float] = {}
+    self._skipped: dict[str, int] = {}
 
-  def resume_point(self, task: Task) -> dict | None:
-    """The metadata of the latest progress checkpoint if it is inside `task`
-    (then `skipped` is restored from it), else None (and `skipped` is reset)."""
+  def start_task(self, task: Task) -> dict | None:
+    """Starts `task`'s account: returns the metadata of the latest progress
+    checkpoint if it is inside `task` (its seconds and skipped counts are
+    restored from it), else None (the account starts empty)."""
     meta = self.checkpoints.progress_meta()
     resume = meta if meta is not None and meta['task'] == task.index else None
-    self.skipped = dict(resume.get('skipped', {})) if resume else {}
+    self._seconds = dict(resume['seconds']) if resume else {}
+    self._skipped = dict(resume.get('skipped', {})) if resume else {}
     return resume
 
+  @property
+  def seconds(self) -> dict[str, float]:
+    """Seconds spent in each stage of the current task so far (a copy)."""
+    return dict(self._seconds)
+
+  @property
+  def skipped(self) -> dict[str, int]:
+    """Updates skipped as non-finite in each stage of the current task (a copy)."""
+    return dict(self._skipped)
+
+  def stage_one(self, task: Task, resume: dict | None, global_offset: int,
+                total_steps: int) -> 'StageOneRun':
+    """What a stage I kind needs to run its stage of `task` (`stage_one.StageIRunner`)."""
+    return StageOneRun(self, task, resume, global_offset, total_steps)
+
   def run(self, stage: str, task: Task, step: Callable[..., tuple[Any, dict]], state: Any,
-          total_steps: int, global_offset: int, seconds: dict, log_every: int,
+          total_steps: int, global_offset: int, log_every: int,
           arguments: tuple = (), batches: Callable[[int], dict] | None = None,
           saved_with_state: dict | None = None) -> tuple[Any, float | None]:
     """Runs `state, metrics = step(state, [batches(i),] *arguments)` for i from
@@ -61,13 +81,13 @@ class StageRunner:
 
     Logs metrics every `log_every` steps, and saves {stage: state,
     **saved_with_state} as a progress checkpoint every `checkpoint_every_steps`,
-    with the stage's name, step and the seconds spent so far. Updates
-    `seconds[stage]`; returns the state and the steps per second (excluding
+    with the stage's name, step and the task's account. Adds the stage's time
+    to the account; returns the state and the steps per second (excluding
     the first, compiling step). Whether a step's update was skipped as
     non-finite is read at log and checkpoint steps. On SIGTERM/SIGINT it saves
     at the current step and raises `Interrupted`.
     """
-    first_step, seconds_before = int(state.step), seconds.get(stage, 0.0)
+    first_step, seconds_before = int(state.step), self._seconds.get(stage, 0.0)
     if first_step < total_steps:
       logging.info('task %d %s: steps %d to %d (the first compiles the step)', task.index, stage,
                    first_step + 1, total_steps)
@@ -91,9 +111,8 @@ class StageRunner:
         self._report(stage, task, i + 1, total_steps, global_step, metrics,
                      console.pace(i + 1, total_steps, timed_from))
       if save or stop:
-        seconds[stage] = seconds_before + time.time() - start
-        self.save(stage, task, i + 1, global_step, {stage: state, **(saved_with_state or {})},
-                  seconds)
+        self._seconds[stage] = seconds_before + time.time() - start
+        self.save(stage, task, i + 1, global_step, {stage: state, **(saved_with_state or {})})
       if stop:
         self.checkpoints.wait()
         raise Interrupted(f'stopped by {stop} in task {task.index} {stage} at step {i + 1}/'
@@ -101,23 +120,23 @@ class StageRunner:
                           'continue')
     jax.block_until_ready(state)
     end = time.time()
-    seconds[stage] = seconds_before + end - start
+    self._seconds[stage] = seconds_before + end - start
     timed_steps = total_steps - timed_from[0] if timed_from else 0
     return state, (timed_steps / (end - timed_from[1]) if timed_steps else None)
 
-  def save(self, stage: str, task: Task, step: int, global_step: int, payload: dict,
-           seconds: dict) -> None:
-    """A progress checkpoint of `payload` at `stage`'s `step` (read back on resume)."""
+  def save(self, stage: str, task: Task, step: int, global_step: int, payload: dict) -> None:
+    """A progress checkpoint of `payload` at `stage`'s `step`, with the task's
+    account (read back on resume)."""
     self.checkpoints.save_progress(global_step, payload, {
-        'task': task.index, 'stage': stage, 'step': step, 'seconds': seconds,
-        'skipped': self.skipped, 'fingerprint': self._fingerprint})
+        'task': task.index, 'stage': stage, 'step': step, 'seconds': self._seconds,
+        'skipped': self._skipped, 'fingerprint': self._fingerprint})
 
-  def write_images(self, stage: str, task: Task, grid: np.ndarray, folder: Any,
-                   global_step: int) -> None:
-    """A PNG grid in FOLDER/task<t>.png (process 0) and in TensorBoard (`STAGE/samples`)."""
+  def write_images(self, stage: str, task: Task, grid: np.ndarray, global_step: int) -> None:
+    """A PNG grid in WORKDIR/samples/task<t>.png (process 0) and in TensorBoard
+    (`STAGE/samples`)."""
     if parallel.is_main_process():
-      folder.mkdir(exist_ok=True)
-      files.write_png(folder / f'task{task.index}.png', grid)
+      self._samples_folder.mkdir(exist_ok=True)
+      files.write_png(self._samples_folder / f'task{task.index}.png', grid)
     self.writer.write_images(global_step, {f'{stage}/samples': grid[None]})
 
   def _report(self, stage: str, task: Task, step: int, total_steps: int, global_step: int,
@@ -142,7 +161,7 @@ class StageRunner:
     if not bad:
       return
     if self._on_nonfinite == 'skip':
-      self.skipped[stage] = self.skipped.get(stage, 0) + len(bad)
+      self._skipped[stage] = self._skipped.get(stage, 0) + len(bad)
       logging.warning('task %d %s: skipped %d non-finite updates (steps %s)', task.index, stage,
                       len(bad), [step for step, _ in bad])
       return
@@ -154,3 +173,36 @@ class StageRunner:
         f'and the run stopped; {self.checkpoints.latest_description()}; lower the learning '
         'rate or the loss weights, or set --config.on_nonfinite=skip to skip such updates')
 
+
+
+@dataclasses.dataclass(frozen=True)
+class StageOneRun:
+  """A task's stage I as its kind sees it (`stage_one.StageIRunner`): run a step
+  to the stage's end, resuming from its progress checkpoint, and show images."""
+  runner: StageRunner
+  task: Task
+  resume: dict | None  # the task's progress checkpoint metadata, or None
+  global_offset: int  # the global step before the stage's first
+  total_steps: int
+
+  def run_to_end(self, stage: str, state: Any, step: Callable[..., tuple[Any, dict]],
+                 arguments: tuple, log_every: int) -> tuple[Any, float | None]:
+    """Runs `state, metrics = step(state, *arguments)` to the stage's last step from
+    `state` (host), or from its progress checkpoint when resuming; returns the
+    final state (on devices) and steps per second. The finished stage is saved,
+    so that a kill during stage II does not run it again."""
+    if self.resume is not None:
+      state = self.runner.checkpoints.restore_progress({stage: parallel.to_host(state)})[stage]
+      logging.info('Resuming task %d %s at step %d', self.task.index, stage, int(state.step))
+    first_step = int(state.step)
+    state, steps_per_second = self.runner.run(
+        stage, self.task, step, parallel.replicate(state), self.total_steps, self.global_offset,
+        log_every, arguments)
+    if first_step < self.total_steps:
+      self.runner.save(stage, self.task, self.total_steps, self.global_offset + self.total_steps,
+                       {stage: state})
+    return state, steps_per_second
+
+  def write_images(self, stage: str, grid: np.ndarray) -> None:
+    """A PNG grid of the stage's images, at its last step (`StageRunner.write_images`)."""
+    self.runner.write_images(stage, self.task, grid, self.global_offset + self.total_steps)

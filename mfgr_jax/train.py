@@ -32,6 +32,7 @@ from mfgr_jax.console import rounded
 from mfgr_jax.data.sampler import BatchSampler
 from mfgr_jax.errors import Interrupted
 from mfgr_jax.experiment import Experiment, build_experiment, check_config
+from mfgr_jax.methods import Method
 from mfgr_jax.models.resnet import LOSS_PARAMS, widen_head
 from mfgr_jax.results import record_task, write_outputs
 from mfgr_jax.scenario import Task
@@ -42,14 +43,15 @@ from mfgr_jax.stage_runner import StageRunner
 # ----------------------------------------------------------------------------
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str, method: Method | None = None) -> dict:
   """Runs (or resumes) the whole class-incremental sequence; returns results.
-  The config is checked before the workdir is locked, the lock taken before the
+  The config is checked (`experiment.check_config`, unless the caller did and
+  passes its `method`) before the workdir is locked, the lock taken before the
   data is loaded."""
   workdir = pathlib.Path(workdir)
-  check_config(config)
+  method = method or check_config(config)
   with workdirs.locked(workdir):
-    return run_tasks(build_experiment(config, workdir))
+    return run_tasks(build_experiment(config, workdir, method))
 
 
 def run_tasks(experiment: Experiment) -> dict:
@@ -69,7 +71,8 @@ def run_tasks(experiment: Experiment) -> dict:
     progress = periodic_actions.ReportProgress(num_train_steps=int(offsets[-1]), writer=writer,
                                                every_secs=30)
     runner = StageRunner(checkpoints, writer, progress, config.on_nonfinite,
-                         config.checkpoint_every_steps, experiment.fingerprint())
+                         config.checkpoint_every_steps, experiment.fingerprint(),
+                         workdir / 'samples')
     preemption.install()
     for task in experiment.tasks_to_run[start:]:
       previous, method_state = run_task(experiment, task, previous, method_state, results,
@@ -92,17 +95,19 @@ def run_task(experiment: Experiment, task: Task, previous: dict | None, method_s
   model variables and the method state after it."""
   logging.info('Task %d/%d: %d classes (%d old), %d training images', task.index,
                len(experiment.tasks) - 1, task.num_new, task.num_old, experiment.train_count(task))
+  resume = runner.start_task(task)
   if task.index == 0 and experiment.config.init_from:
     variables, results['task0_from'] = workdirs.load_task0(experiment, task)
-    seconds, throughput, runner.skipped = {'classifier': 0.0}, {}, {}
+    seconds, throughput = {'classifier': 0.0}, {}
   else:
-    variables, seconds, throughput = learn_task(experiment, task, previous, method_state,
-                                                runner, global_offset)
+    variables, throughput = learn_task(experiment, task, previous, method_state, runner, resume,
+                                       global_offset)
+    seconds = runner.seconds
   # Before evaluation: a method may predict with its new state (iCaRL's memory).
-  method_state = after_task(experiment, task, variables, method_state, seconds)
+  method_state, seconds_after = after_task(experiment, task, variables, method_state)
   eval_start = time.time()
   metrics = evaluate(experiment, task, variables, method_state)
-  seconds['eval'] = time.time() - eval_start
+  seconds = {**seconds, **seconds_after, 'eval': time.time() - eval_start}
   record_task(results, experiment.order, metrics, seconds, throughput, runner.skipped,
               cpu_flags.machine())
   save_task(experiment, task, variables, method_state, results, metrics, runner,
@@ -116,29 +121,29 @@ def run_task(experiment: Experiment, task: Task, previous: dict | None, method_s
 
 
 def learn_task(experiment: Experiment, task: Task, previous: dict | None, method_state: Any,
-               runner: StageRunner, global_offset: int) -> tuple[dict, dict, dict]:
-  """Returns (model variables on host, seconds per stage, throughput)."""
-  resume = runner.resume_point(task)
+               runner: StageRunner, resume: dict | None,
+               global_offset: int) -> tuple[dict, dict]:
+  """Returns (model variables on host, throughput); `resume`: the progress
+  checkpoint inside `task` to continue from (`StageRunner.start_task`), or None."""
   resumed_stage = resume['stage'] if resume else None
-  seconds = dict(resume['seconds']) if resume else {}
   old_vars = parallel.replicate(previous) if task.num_old else None
   replay_arrays, throughput, steps_per_second = None, {}, None
-  if experiment.synthesis_steps(task) and resumed_stage not in ('classifier', 'head'):
-    replay_arrays, throughput = experiment.method.synthesis.record(
-        experiment, task, old_vars, runner, resume, seconds, global_offset)
-  offset = global_offset + experiment.synthesis_steps(task)
+  stage_one_steps = experiment.stage_one_steps(task)
+  if stage_one_steps and resumed_stage not in ('classifier', 'head'):
+    replay_arrays, throughput = experiment.method.stage_one.record(
+        experiment, task, old_vars, runner.stage_one(task, resume, global_offset, stage_one_steps))
+  offset = global_offset + stage_one_steps
   if resumed_stage != 'head':
     variables, replay_arrays, steps_per_second = train_classifier(
-        experiment, task, previous, method_state, old_vars, replay_arrays, runner, resume,
-        seconds, offset)
+        experiment, task, previous, method_state, old_vars, replay_arrays, runner, resume, offset)
   else:
     variables = None  # restored with the head phase's state
   if experiment.head_steps(task):
     variables = train_head(experiment, task, variables, method_state, old_vars, replay_arrays,
-                           runner, resume, seconds, offset + experiment.total_steps(task))
+                           runner, resume, offset + experiment.total_steps(task))
   throughput['train_images_per_second'] = (
       steps_per_second * experiment.config.train.batch_size if steps_per_second else None)
-  return variables, seconds, throughput
+  return variables, throughput
 
 
 def initial_variables(experiment: Experiment, task: Task, previous: dict | None) -> tuple[Any, Any]:
@@ -152,7 +157,7 @@ def initial_variables(experiment: Experiment, task: Task, previous: dict | None)
     params = widen_head(previous['params'], task.num_seen, experiment.task_key(task, keys.HEAD))
     batch_stats = previous['batch_stats']
   loss_params = experiment.method.loss_params(experiment, task,
-                                              experiment.task_key(task, keys.LOSS_PARAMS))
+                                              experiment.task_key(task, keys.LOSS_PARAMS_INIT))
   if loss_params is not None:
     params = {**params, LOSS_PARAMS: loss_params}
   return params, batch_stats
@@ -160,13 +165,12 @@ def initial_variables(experiment: Experiment, task: Task, previous: dict | None)
 
 def train_classifier(experiment: Experiment, task: Task, previous: dict | None, method_state: Any,
                      old_vars: Any, replay_arrays: Any, runner: StageRunner,
-                     resume: dict | None, seconds: dict,
-                     global_offset: int) -> tuple[dict, Any, float | None]:
+                     resume: dict | None, global_offset: int) -> tuple[dict, Any, float | None]:
   """The classifier on the task's images, with replayed ones when stage I ran;
   returns its variables (host; without the loss's own parameters), the replay
   arrays (restored, when resuming here) and steps per second."""
   config, method = experiment.config, experiment.method
-  replays = experiment.synthesis_steps(task) > 0
+  replays = experiment.stage_one_steps(task) > 0
   total_steps = experiment.total_steps(task)
   tx = classifier.make_optimizer(experiment.train_settings(task), total_steps)
   state = classifier.init_train_state(*initial_variables(experiment, task, previous), tx)
@@ -176,21 +180,22 @@ def train_classifier(experiment: Experiment, task: Task, previous: dict | None, 
 
   model, teacher = experiment.model(task.num_seen), method.teacher(experiment, task)
   teacher_vars = old_vars if teacher is not None else None
-  loss = method.make_loss(task, config)
+  loss = method.task_loss(task, config)
   sampler = _batch_sampler(experiment, task, method_state, keys.ORDER, keys.AUGMENT)
   if replays:
     step = classifier.make_replay_step(model, tx, loss, _augment_kwargs(experiment), teacher,
-                                       method.synthesis.source(experiment, task),
+                                       method.stage_one.source(experiment, task),
                                        config.replay.single_pass)
     replay_on_devices = parallel.replicate(replay_arrays)
     arguments = (teacher_vars, replay_on_devices, experiment.task_key(task, keys.REPLAY))
     saved_with_state = {'replay': replay_on_devices}
   else:
     step = classifier.make_train_step(model, tx, loss, _augment_kwargs(experiment), teacher)
-    carried = parallel.replicate(method_state) if method_state is not None else None
-    arguments, saved_with_state = (teacher_vars, carried), {}
+    method_state_on_devices = (parallel.replicate(method_state) if method_state is not None
+                               else None)
+    arguments, saved_with_state = (teacher_vars, method_state_on_devices), {}
   state, steps_per_second = runner.run(
-      'classifier', task, step, parallel.replicate(state), total_steps, global_offset, seconds,
+      'classifier', task, step, parallel.replicate(state), total_steps, global_offset,
       config.log_every_steps, arguments, sampler, saved_with_state)
   params = {k: v for k, v in state.params.items() if k != LOSS_PARAMS}
   variables = parallel.to_host({'params': params, 'batch_stats': state.batch_stats})
@@ -199,7 +204,7 @@ def train_classifier(experiment: Experiment, task: Task, previous: dict | None, 
 
 def train_head(experiment: Experiment, task: Task, variables: dict | None, method_state: Any,
                old_vars: Any, replay_arrays: Any, runner: StageRunner, resume: dict | None,
-               seconds: dict, global_offset: int) -> dict:
+               global_offset: int) -> dict:
   """The method's head phase (`HeadPhase`) from the classifier's `variables`
   (None when resuming inside the phase); returns the variables after it (host)."""
   config, method = experiment.config, experiment.method
@@ -216,10 +221,10 @@ def train_head(experiment: Experiment, task: Task, variables: dict | None, metho
   step = classifier.make_replay_step(
       experiment.model(task.num_seen), tx, phase.make_loss(experiment, task, replay_arrays, old_vars),
       _augment_kwargs(experiment), method.teacher(experiment, task),
-      method.synthesis.source(experiment, task), config.replay.single_pass, head_only=True)
+      method.stage_one.source(experiment, task), config.replay.single_pass, head_only=True)
   replay_on_devices = parallel.replicate(replay_arrays)
   state, _ = runner.run(
-      'head', task, step, parallel.replicate(state), total_steps, global_offset, seconds,
+      'head', task, step, parallel.replicate(state), total_steps, global_offset,
       config.log_every_steps,
       (old_vars, replay_on_devices, experiment.task_key(task, keys.HEAD_PHASE_REPLAY)),
       _batch_sampler(experiment, task, method_state, keys.HEAD_PHASE_ORDER, keys.HEAD_PHASE_AUGMENT),
@@ -233,7 +238,7 @@ def _restore_stage(stage: str, experiment: Experiment, runner: StageRunner,
   nothing) from the latest progress checkpoint; `state` gives the shapes."""
   target = {stage: parallel.to_host(state)}
   if replays:
-    target['replay'] = experiment.method.synthesis.arrays_like(experiment)
+    target['replay'] = experiment.method.stage_one.arrays_like(experiment)
   restored = runner.checkpoints.restore_progress(target)
   return restored[stage], restored.get('replay')
 
@@ -259,19 +264,18 @@ def _batch_sampler(experiment: Experiment, task: Task, method_state: Any, order_
 # ----------------------------------------------------------------------------
 
 
-def after_task(experiment: Experiment, task: Task, variables: dict, method_state: Any,
-               seconds: dict) -> Any:
-  """The method's state after `task` (`Method.after_task`), timed in `seconds`. It
-  is saved with the task, so a signal stops it at once (`preemption.unsaved`)."""
+def after_task(experiment: Experiment, task: Task, variables: dict,
+               method_state: Any) -> tuple[Any, dict]:
+  """The method's state after `task` (`Method.after_task`) and its seconds, by
+  `Method.after_task_name` (none if it has no name). It is saved with the task,
+  so a signal stops it at once (`preemption.unsaved`)."""
   name = experiment.method.after_task_name
   if name:  # it may take minutes without a step to log
     logging.info('task %d %s: starts (saved with the task when it ends)', task.index, name)
   start = time.time()
   with preemption.unsaved(f'task {task.index} {name or "after-task work"}'):
     method_state = experiment.method.after_task(experiment, task, variables, method_state)
-  if name:
-    seconds[name] = time.time() - start
-  return method_state
+  return method_state, ({name: time.time() - start} if name else {})
 
 
 def evaluate(experiment: Experiment, task: Task, variables: dict,

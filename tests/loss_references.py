@@ -30,16 +30,6 @@ def forward(logits: np.ndarray, params: Any = None) -> Forward:
   return Forward(logits=jnp.asarray(logits), features=None, feature_map=None, params=params)
 
 
-def task_0_loss_and_cross_entropy(method: str, config: Any) -> tuple[float, float]:
-  """`method`'s loss at task 0 on two images of its two classes, and their plain CE:
-  every method trains task 0 the same way, so one task-0 model can be shared."""
-  from mfgr_jax.methods import get_method  # pylint: disable=g-import-not-at-top
-  logits, labels = LOGITS[:, :2], LABELS - 4
-  value, _ = get_method(method).make_loss(Task(0, (0, 1), 0, 2), config)(
-      forward(logits), labels, None, None)
-  return float(value), cross_entropy(logits, labels)
-
-
 def log_softmax(x: np.ndarray) -> np.ndarray:
   x = np.asarray(x, np.float64)
   shifted = x - x.max(-1, keepdims=True)

@@ -5,7 +5,7 @@ errors of bad input are in end_to_end/test_main.py."""
 import numpy as np
 import pytest
 
-from mfgr_jax import synthesis
+from mfgr_jax import stage_one
 from mfgr_jax.errors import UserError
 from mfgr_jax.experiment import build_experiment
 
@@ -48,9 +48,9 @@ def test_generated_batch_per_class_balance(smoke_config, tmp_path):
   smoke_config.replay.balance = 'per_class'
   experiment = build_experiment(smoke_config, tmp_path)
   # 4 old classes, 2 new, 32 real images: 16 real per new class -> 64 generated.
-  assert synthesis.generated_batch_size(experiment.config, experiment.tasks[1]) == 64
-  assert experiment.synthesis_steps(experiment.tasks[0]) == 0
-  assert experiment.synthesis_steps(experiment.tasks[1]) == 12
+  assert stage_one.generated_batch_size(experiment.config, experiment.tasks[1]) == 64
+  assert experiment.stage_one_steps(experiment.tasks[0]) == 0
+  assert experiment.stage_one_steps(experiment.tasks[1]) == 12
 
 
 def test_bad_generator_config_is_refused(smoke_config, tmp_path):

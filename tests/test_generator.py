@@ -27,7 +27,7 @@ def test_generator_sizes(size, channels, params):
 
 
 def test_pyramid_generator_256_resized_to_224():
-  # Generator256 (spec §2.2): 4x4 start, six up+conv blocks 256,128,64,32,16,8, conv to 3.
+  # Generator256 (the paper's CUB generator): 4x4 start, six up+conv blocks 256,128,64,32,16,8, conv to 3.
   generator = Generator(256, 3, latent_dim=1000, hidden=256, architecture='pyramid',
                         output_size=224)
   shapes = jax.eval_shape(lambda: generator.init(jax.random.PRNGKey(0), jnp.zeros((2, 1000))))

@@ -43,9 +43,9 @@ def stage_swap(site, monkeypatch):
 def test_each_cell_is_one_stage_i_with_the_others_stage_ii(stage_swap, name):
   terms, weights_section, replay = CELLS[name]
   method, parent = stage_swap.get_method(name), stage_swap.get_method(replay)
-  assert method.synthesis.record.args == (terms, weights_section)
+  assert method.stage_one.record.args == (terms, weights_section)
   # Everything but the name, stage I and the sections it reads is stage II's method's.
-  assert dataclasses.replace(method, name=parent.name, synthesis=parent.synthesis,
+  assert dataclasses.replace(method, name=parent.name, stage_one=parent.stage_one,
                              sections=parent.sections) == parent
   assert set(method.sections) == set(parent.sections) | ({weights_section} - {''})
 

@@ -33,7 +33,7 @@ def features(experiment: Experiment, task: Task, variables: dict,
 
 
 def add_class_means(experiment: Experiment, task: Task, variables: dict,
-                    state: dict | None) -> dict:
+                    method_state: dict | None) -> dict:
   """After `task`: {'means': (seen classes, feature dim)}, the earlier rows kept,
   one new row per new class, the mean feature of its training images."""
   indices = experiment.class_images(task.num_old, task.num_seen)
@@ -41,7 +41,8 @@ def add_class_means(experiment: Experiment, task: Task, variables: dict,
   labels = experiment.train_targets[indices]
   means = np.stack([new_features[labels == c].mean(axis=0)
                     for c in range(task.num_old, task.num_seen)])
-  return {'means': means if state is None else np.concatenate([state['means'], means])}
+  earlier = [] if method_state is None else [method_state['means']]
+  return {'means': np.concatenate(earlier + [means])}
 
 
 def means_like(experiment: Experiment, task: Task) -> dict:
@@ -49,10 +50,10 @@ def means_like(experiment: Experiment, task: Task) -> dict:
   return {'means': np.zeros((task.num_seen, experiment.feature_dim()), np.float32)}
 
 
-def nearest_class_mean(experiment: Experiment, task: Task, variables: dict, state: dict,
-                       images: np.ndarray) -> np.ndarray:
+def nearest_class_mean(experiment: Experiment, task: Task, variables: dict,
+                       method_state: dict, images: np.ndarray) -> np.ndarray:
   """The class whose mean is nearest (Euclidean) to each image's feature."""
-  test, means = features(experiment, task, variables, images), state['means']
+  test, means = features(experiment, task, variables, images), method_state['means']
   # |f - m|^2 = |f|^2 - 2 f.m + |m|^2, and |f|^2 is the same for every class.
   return np.argmin(np.sum(means ** 2, axis=1) - 2 * test @ means.T, axis=1)
 

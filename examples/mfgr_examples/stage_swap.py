@@ -23,7 +23,7 @@ from the `abd` section, so the MFGR-replay cell reads that section too.
 
 import dataclasses
 
-from mfgr_jax import synthesis
+from mfgr_jax import stage_one
 from mfgr_jax.methods import abd, mfgr
 
 # The methods' records, from their modules (the registry is being built while a plugin
@@ -33,8 +33,8 @@ _MFGR_REPLAY, = (method for method in mfgr.METHODS if method.name == 'mfgr')
 
 METHODS = (
     dataclasses.replace(_ABD_REPLAY, name='mfgr_generator_abd_replay',
-                        synthesis=synthesis.generator(mfgr.MFGR_TERMS)),
+                        stage_one=stage_one.generator(mfgr.MFGR_TERMS)),
     dataclasses.replace(_MFGR_REPLAY, name='abd_generator_mfgr_replay',
                         sections=_MFGR_REPLAY.sections + ('abd',),
-                        synthesis=synthesis.generator(abd.ABD_TERMS, loss_section='abd')),
+                        stage_one=stage_one.generator(abd.ABD_TERMS, loss_section='abd')),
 )

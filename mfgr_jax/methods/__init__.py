@@ -2,7 +2,7 @@
 
 A `Method` is a record of pure functions, one for each point where methods
 differ (FACIL's approach hooks, in the functional style of dm_nevis's
-learners): its loss, its stage I (`synthesis`), its teacher, the images it
+learners): its loss, its stage I (`stage_one`), its teacher, the images it
 trains on, what it does after a task and the state it carries to the next
 (with the template to restore that state from a checkpoint), how it predicts,
 the one-line checks of its settings and the config sections it reads (part of
@@ -17,8 +17,8 @@ entry-point group `mfgr_jax.methods` (a researcher's own package, outside this
 one: docs/extending.md), is found by `get_method`, and its `CONFIG` (config
 sections with their defaults) joins the run's config (`config_fields`, used by
 `run_config.py`).
-Task 0 is the same for every method (plain cross-entropy), so one task-0 model
-can be shared across methods, as in the paper.
+Task 0 is the same for every method (plain cross-entropy, `Method.task_loss`),
+so one task-0 model can be shared across methods, as in the paper.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import numpy as np
 import optax
 
 from mfgr_jax import classifier
-from mfgr_jax import synthesis as synthesis_kinds
+from mfgr_jax import losses
+from mfgr_jax import stage_one as stage_one_kinds
 from mfgr_jax.errors import UserError
 from mfgr_jax.scenario import Task
 
@@ -44,6 +45,14 @@ if TYPE_CHECKING:
 
 # What a method carries from task to task (a pytree of arrays), or None.
 MethodState = Any
+
+
+def cross_entropy_loss(out: classifier.Forward, labels: Any, teacher: classifier.Forward | None,
+                       method_state: MethodState) -> tuple[Any, dict]:
+  """Cross-entropy over every seen logit: each method's loss at task 0."""
+  del teacher, method_state
+  ce = losses.cross_entropy(out.logits, labels)
+  return ce, {'ce': ce}
 
 
 def no_teacher(experiment: Experiment, task: Task) -> nn.Module | None:
@@ -56,9 +65,9 @@ def previous_model(experiment: Experiment, task: Task) -> nn.Module | None:
   return experiment.model(task.num_old) if task.num_old else None
 
 
-def new_class_images(experiment: Experiment, task: Task, state: MethodState) -> np.ndarray:
+def new_class_images(experiment: Experiment, task: Task, method_state: MethodState) -> np.ndarray:
   """The training images of the task's new classes."""
-  del state
+  del method_state
   return experiment.class_images(task.num_old, task.num_seen)
 
 
@@ -69,8 +78,8 @@ def count_images_without_state(experiment: Experiment, task: Task) -> int:
 
 
 def carry_nothing(experiment: Experiment, task: Task, variables: dict,
-                  state: MethodState) -> MethodState:
-  del experiment, task, variables, state
+                  method_state: MethodState) -> MethodState:
+  del experiment, task, variables, method_state
   return None
 
 
@@ -80,9 +89,9 @@ def nothing_carried(experiment: Experiment, task: Task) -> MethodState:
 
 
 def argmax_of_seen_logits(experiment: Experiment, task: Task, variables: dict,
-                          state: MethodState, images: np.ndarray) -> np.ndarray:
+                          method_state: MethodState, images: np.ndarray) -> np.ndarray:
   """The predicted class: the argmax of the logits over the seen classes."""
-  del state
+  del method_state
   predict = classifier.make_predict_step(experiment.model(task.num_seen), experiment.dataset.mean,
                                          experiment.dataset.std)
   return experiment.in_batches(predict, variables, images)
@@ -107,7 +116,7 @@ class HeadPhase:
   """A phase after stage II that trains only the classifier's head, on the task's
   images and replayed ones, with the backbone frozen in eval mode (its BatchNorm
   statistics unchanged): R-DFCIL's class-balanced head fine-tuning. It runs at
-  tasks t > 0 of a method with a synthesis, as the checkpointed stage 'head'.
+  tasks t > 0 of a method with a stage I, as the checkpointed stage 'head'.
   """
   # (experiment, task) -> its number of steps.
   steps: Callable[[Experiment, Task], int]
@@ -122,22 +131,24 @@ class HeadPhase:
 class Method:
   """A class-incremental method as the hooks the per-task loop calls."""
   name: str
-  # (task, config) -> the classifier loss of the task (`classifier.ClassifierLoss`),
-  # or at tasks t > 0 of a method with a synthesis, a `classifier.ReplayLoss`.
+  # (task, config) -> the classifier loss of an incremental task t > 0
+  # (`classifier.ClassifierLoss`, or with a stage I a `classifier.ReplayLoss`);
+  # task 0 is plain cross-entropy for every method (`task_loss`).
   make_loss: Callable[[Task, ml_collections.ConfigDict],
                       classifier.ClassifierLoss | classifier.ReplayLoss]
   # Config sections the method reads: they are part of the checkpoint fingerprint.
   sections: tuple[str, ...] = ()
   # (experiment, task) -> the frozen model run on each batch for the loss, or None.
   teacher: Callable[[Experiment, Task], nn.Module | None] = no_teacher
-  # Stage I before each incremental task: what stage II replays (`synthesis.py`).
-  synthesis: synthesis_kinds.Synthesis = synthesis_kinds.NONE
-  # (experiment, task, state) -> indices of the training images the task learns
+  # Stage I before each incremental task: what stage II replays (`stage_one.py`).
+  stage_one: stage_one_kinds.StageOne = stage_one_kinds.NONE
+  # (experiment, task, method_state) -> indices of the training images the task learns
   # from, and (experiment, task) -> their count, known before the task runs (override
   # it when the images depend on the state, as iCaRL's memory does).
   train_images: Callable[[Experiment, Task, MethodState], np.ndarray] = new_class_images
   train_count: Callable[[Experiment, Task], int] = count_images_without_state
-  # (experiment, task, model variables after it, state) -> the state after it:
+  # (experiment, task, model variables after it, method_state) -> the method state
+  # after it:
   # what the method carries to the next task (importance, memory, side heads).
   after_task: Callable[[Experiment, Task, dict, MethodState], MethodState] = carry_nothing
   # Its key in results.json's `seconds` (e.g. 'importance'); '' if it does nothing.
@@ -145,7 +156,7 @@ class Method:
   # (experiment, task) -> host arrays shaped like the state after `task`, the
   # target for restoring it from a checkpoint; None if the method carries nothing.
   state_like: Callable[[Experiment, Task], MethodState] = nothing_carried
-  # (experiment, task, variables, state, images) -> predicted output indices.
+  # (experiment, task, variables, method_state, images) -> predicted output indices.
   predict: Callable[[Experiment, Task, dict, MethodState, np.ndarray],
                     np.ndarray] = argmax_of_seen_logits
   # One-line `UserError`s for bad settings, before any data is loaded.
@@ -161,9 +172,16 @@ class Method:
   # Trains the head alone after stage II (`HeadPhase`), or None.
   head_phase: HeadPhase | None = None
 
+  def task_loss(self, task: Task, config: ml_collections.ConfigDict
+                ) -> classifier.ClassifierLoss | classifier.ReplayLoss:
+    """The classifier loss of `task`: plain cross-entropy at task 0, where
+    nothing is old (the same for every method, so one task-0 model serves them
+    all: `init_from`), the method's `make_loss` after it."""
+    return self.make_loss(task, config) if task.num_old else cross_entropy_loss
+
   def fingerprint(self, config: ml_collections.ConfigDict) -> dict:
     """The method's part of the checkpoint fingerprint: its name and its sections."""
-    sections = (self.synthesis.section,) + self.sections if self.synthesis.section else self.sections
+    sections = (self.stage_one.section,) + self.sections if self.stage_one.section else self.sections
     return {'method': self.name, **{s: config[s].to_dict() for s in sections}}
 
 
@@ -215,11 +233,11 @@ def get_method(name: str) -> Method:
   return registry[name]
 
 
-def config_fields() -> dict[str, dict]:
+def config_sections() -> dict[str, dict]:
   """Every config section a method or a stage I reads, as fields with their
   defaults and rules (each module's `CONFIG`, `config_fields.py`);
   `run_config.get_fields` adds them to the run's config."""
-  sections = dict(synthesis_kinds.CONFIG)
+  sections = dict(stage_one_kinds.CONFIG)
   for module in _method_modules():
     for name, section in getattr(module, 'CONFIG', {}).items():
       if name in sections:

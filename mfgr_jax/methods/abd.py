@@ -1,6 +1,6 @@
 """ABD, "Always Be Dreaming" (Smith et al., ICCV 2021), as its official code runs it.
 
-Stage I (`synthesis.generator(ABD_TERMS, 'abd')`): a generator trained against
+Stage I (`stage_one.generator(ABD_TERMS, 'abd')`): a generator trained against
 the frozen old model with ABD's inversion loss (learners/datafree_helper.py):
 
   content CE at temperature T (1000) + normalised class balance 1 + sum p ln p / ln K
@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from mfgr_jax import config_fields as F
-from mfgr_jax import losses, synthesis
-from mfgr_jax.classifier import ClassifierLoss, ReplayLoss
-from mfgr_jax.methods import Method, finetune, previous_model
+from mfgr_jax import losses, stage_one
+from mfgr_jax.classifier import ReplayLoss
+from mfgr_jax.methods import Method, previous_model
 from mfgr_jax.models.resnet import logits_from_feature_map
 from mfgr_jax.scenario import Task
 
@@ -51,9 +51,7 @@ CONFIG = {'abd': dict(
     content_temperature=F.positive_number(1000.0), feature_distillation_weight=F.number(0.1))}
 
 
-def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss | ReplayLoss:
-  if not task.num_old:  # task 0: plain CE, as every method
-    return finetune.make_loss(task, config)
+def make_loss(task: Task, config: ml_collections.ConfigDict) -> ReplayLoss:
   new_weight = task.num_new / task.num_seen
   mu = config.abd.feature_distillation_weight
 
@@ -80,4 +78,4 @@ def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss |
 
 
 METHODS = (Method('abd', make_loss=make_loss, sections=('abd',), teacher=previous_model,
-                  synthesis=synthesis.generator(ABD_TERMS, loss_section='abd')),)
+                  stage_one=stage_one.generator(ABD_TERMS, loss_section='abd')),)

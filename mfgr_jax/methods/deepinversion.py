@@ -12,9 +12,9 @@ trained generator makes a new batch in one forward pass.
 
 import functools
 
-from mfgr_jax import synthesis
+from mfgr_jax import stage_one
 from mfgr_jax.methods import Method, mfgr, previous_model
 
 METHODS = (Method('deepinversion', make_loss=functools.partial(mfgr.make_loss, distill_real=True),
                   sections=('distillation',), teacher=previous_model,
-                  synthesis=synthesis.PIXEL_POOL),)
+                  stage_one=stage_one.PIXEL_POOL),)

@@ -1,4 +1,5 @@
-"""EWC (Kirkpatrick et al. 2017) with FACIL's choices, single-head (spec §8.4).
+"""EWC (Kirkpatrick et al. 2017) with FACIL's choices (mmasana/FACIL
+`src/approach/ewc.py`), single-head.
 
 L = CE over the new-class logits + weight/2 * sum_i F_i (theta_i - theta*_i)^2.
 F is the diagonal Fisher at the model's own prediction y^ (FACIL's
@@ -48,17 +49,15 @@ MakeScore = Callable[[Task, ml_collections.ConfigDict], consolidation.Score]
 
 def make_penalised_loss(section: str):
   """`make_loss` of a quadratic-penalty method whose config section is `section`:
-  cut CE + the penalty (`consolidation.make_penalty`) once a task has been consolidated."""
+  cut CE + the penalty (`consolidation.make_penalty`) of the tasks consolidated before."""
 
   def make_loss(task: Task, config: ml_collections.ConfigDict) -> classifier.ClassifierLoss:
     penalty = consolidation.make_penalty(config[section])
 
-    def loss(out, labels, teacher, carried):
+    def loss(out, labels, teacher, method_state):
       del teacher
       ce = losses.cut_cross_entropy(out.logits, labels, task.num_old)
-      if carried is None:  # task 0
-        return ce, {'ce': ce}
-      value = penalty(out.params, carried)
+      value = penalty(out.params, method_state)
       return ce + value, {'ce': ce, 'penalty': value}
 
     return loss

@@ -25,10 +25,10 @@ import ml_collections
 import numpy as np
 
 from mfgr_jax import config_fields as F
-from mfgr_jax import exemplars, losses, synthesis
+from mfgr_jax import exemplars, losses, stage_one
 from mfgr_jax.classifier import ClassifierLoss, ReplayLoss
 from mfgr_jax.errors import UserError
-from mfgr_jax.methods import Method, finetune, previous_model
+from mfgr_jax.methods import Method, previous_model
 from mfgr_jax.methods.mfgr import MFGR_TERMS
 from mfgr_jax.scenario import Task
 
@@ -41,21 +41,15 @@ CONFIG = {'icarl': dict(memory_size=F.positive_integer(2000))}
 
 
 def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
-  if not task.num_old:  # task 0: plain CE, as every method
-    return finetune.make_loss(task, config)
-
-  def loss(out, labels, teacher, carried):
-    del carried  # the memory only selects the training images
+  def loss(out, labels, teacher, method_state):
+    del method_state  # the memory only selects the training images
     value = losses.icarl_distillation_loss(out.logits, labels, teacher.logits)
     return value, {'bce': value}
 
   return loss
 
 
-def make_replay_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss | ReplayLoss:
-  if not task.num_old:
-    return make_loss(task, config)
-
+def make_replay_loss(task: Task, config: ml_collections.ConfigDict) -> ReplayLoss:
   def loss(real, labels, teacher_real, generated, teacher_generated):
     metrics = {
         'bce': losses.icarl_distillation_loss(real.logits, labels, teacher_real.logits),
@@ -74,10 +68,11 @@ def exemplar_quotas(experiment: Experiment, task: Task) -> np.ndarray:
   return exemplars.class_quotas(sizes[:task.num_seen], experiment.config.icarl.memory_size)
 
 
-def images_with_memory(experiment: Experiment, task: Task, state: dict | None) -> np.ndarray:
+def images_with_memory(experiment: Experiment, task: Task,
+                       method_state: dict | None) -> np.ndarray:
   """The new classes' training images, then the memory of the tasks before."""
   own = experiment.class_images(task.num_old, task.num_seen)
-  return own if state is None else np.concatenate([own, state['exemplars']])
+  return own if method_state is None else np.concatenate([own, method_state['exemplars']])
 
 
 def count_with_memory(experiment: Experiment, task: Task) -> int:
@@ -108,11 +103,11 @@ def memory_like(experiment: Experiment, task: Task) -> dict:
   return {'exemplars': np.zeros(int(exemplar_quotas(experiment, task).sum()), np.int32)}
 
 
-def nearest_mean_of_exemplars(experiment: Experiment, task: Task, variables: dict, state: dict,
-                              images: np.ndarray) -> np.ndarray:
+def nearest_mean_of_exemplars(experiment: Experiment, task: Task, variables: dict,
+                              method_state: dict, images: np.ndarray) -> np.ndarray:
   """iCaRL's classifier: the nearest class mean of the exemplars' normalised features
   (each mean over the exemplars and their flipped copies)."""
-  memory = state['exemplars']
+  memory = method_state['exemplars']
   stored = experiment.dataset.train_images[memory]
   plain, flipped = experiment.features_step(task), experiment.features_step(task, flip=True)
   means = exemplars.flip_averaged_means(experiment.in_batches(plain, variables, stored),
@@ -136,4 +131,4 @@ _ICARL = Method('icarl', make_loss=make_loss, sections=('icarl', 'distillation')
                 predict=nearest_mean_of_exemplars, prepare=check_memory_size)
 METHODS = (_ICARL,
            dataclasses.replace(_ICARL, name='icarl_mfgr', make_loss=make_replay_loss,
-                               synthesis=synthesis.generator(MFGR_TERMS)))
+                               stage_one=stage_one.generator(MFGR_TERMS)))

@@ -1,8 +1,9 @@
-"""LwF as the MFGR/MUC code runs it (spec §8.2).
+"""LwF as the MFGR/MUC code runs it (xmengxin/MFGR `train_mfgr.py
+--method lwf --loss_ratio_adaptive`, Liuy8/MUC's main-classifier loss).
 
 L = (1 - lambda) * CE over the new-class logits + lambda * KD_T(old logits),
 with lambda = C_old / C and the frozen previous model (eval mode) as teacher
-on the same augmented batch. At task 0 lambda = 0 and this is plain CE.
+on the same augmented batch.
 """
 
 import ml_collections
@@ -22,11 +23,9 @@ CONFIG = {'distillation': dict(temperature=F.positive_number(2.0),
 def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
   weight = task.num_old / task.num_seen
 
-  def loss(out, labels, teacher, carried):
-    del carried
+  def loss(out, labels, teacher, method_state):
+    del method_state
     ce = losses.cut_cross_entropy(out.logits, labels, task.num_old)
-    if not task.num_old:
-      return ce, {'ce': ce}
     kd = losses.distillation(out.logits[:, :task.num_old], teacher.logits,
                              config.distillation.temperature,
                              config.distillation.scale_by_t_squared)

@@ -1,4 +1,5 @@
-"""LwM, Learning without Memorizing (Dhar et al. 2019), single-head (spec §8.5).
+"""LwM, Learning without Memorizing (Dhar et al. 2019), single-head, with
+FACIL's choices (mmasana/FACIL `src/approach/lwm.py`).
 
 L = LwF's loss (the code's (1 - lambda) CE_cut + lambda KD_T, `lwf.py`)
     + gamma * L_AD(Grad-CAM of the model, Grad-CAM of the frozen old model),
@@ -43,11 +44,9 @@ def grad_cam(forward: Forward, classes: jax.Array) -> jax.Array:
 
 def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss:
   lwf_loss = lwf.make_loss(task, config)
-  if not task.num_old:
-    return lwf_loss
 
-  def loss(out, labels, teacher, carried):
-    total, metrics = lwf_loss(out, labels, teacher, carried)
+  def loss(out, labels, teacher, method_state):
+    total, metrics = lwf_loss(out, labels, teacher, method_state)
     classes = jnp.argmax(teacher.logits, axis=-1)
     attention = losses.attention_distillation_loss(grad_cam(out, classes),
                                                    grad_cam(teacher, classes))

@@ -1,4 +1,5 @@
-"""MAS (Aljundi et al. 2018), single-head (spec §8.3).
+"""MAS (Aljundi et al. 2018), single-head, with FACIL's choices
+(mmasana/FACIL `src/approach/mas.py`) or MUC's (Liuy8/MUC).
 
 L = CE over the new-class logits + weight/2 * sum_i Omega_i (theta_i - theta*_i)^2,
 Omega_i = the mean over the finished task's training images of |d g(x) / d theta_i|,
@@ -10,7 +11,7 @@ one gradient per image, backbone only. `mas.output_norm` picks g:
   which the paper's MAS rows follow; there with weight 0.02, i.e. MUC's
   alpha = 0.01 without the 1/2, and accumulate 'sum').
 
-`muc_mas` (MUC-MAS, spec §8.7) adds to each task's Omega 1.4 times the mean,
+`muc_mas` (MUC-MAS, as Liuy8/MUC runs it) adds to each task's Omega 1.4 times the mean,
 over MUC's side classifiers of that task (`side_classifiers.py`, config
 `muc.*`), of the importance of `mean_square` of the side head's logits, as if
 the side head were the model's head. The paper's MUC-MAS rows use it with

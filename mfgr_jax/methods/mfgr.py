@@ -1,4 +1,5 @@
-"""MFGR (spec §4-5) and its Table 2 ablations: generator inversion, then replay + LwF.
+"""MFGR (paper §5; xmengxin/MFGR `train_mfgr.py`, `trainers/df_generator_trainer.py`)
+and its Table 2 ablations: generator inversion, then replay + LwF.
 
 At every incremental task a fresh generator is trained against the frozen old
 model (stage I, `inversion.py`) with the method's loss terms; then the widened
@@ -22,9 +23,9 @@ import functools
 
 import ml_collections
 
-from mfgr_jax import losses, synthesis
-from mfgr_jax.classifier import ClassifierLoss, ReplayLoss
-from mfgr_jax.methods import Method, lwf, previous_model
+from mfgr_jax import losses, stage_one
+from mfgr_jax.classifier import ReplayLoss
+from mfgr_jax.methods import Method, previous_model
 from mfgr_jax.scenario import Task
 
 BASE_TERMS = ('one_hot', 'class_balance', 'activation', 'signed_difference')
@@ -32,9 +33,7 @@ MFGR_TERMS = BASE_TERMS + ('bn_statistics', 'diversity')
 
 
 def make_loss(task: Task, config: ml_collections.ConfigDict,
-              distill_real: bool) -> ClassifierLoss | ReplayLoss:
-  if not task.num_old:
-    return lwf.make_loss(task, config)
+              distill_real: bool) -> ReplayLoss:
   weight = task.num_old / task.num_seen
   kd = functools.partial(losses.distillation, temperature=config.distillation.temperature,
                          scale_by_t_squared=config.distillation.scale_by_t_squared)
@@ -54,7 +53,7 @@ def make_loss(task: Task, config: ml_collections.ConfigDict,
 def _method(name: str, terms: tuple[str, ...], distill_real: bool) -> Method:
   return Method(name, make_loss=functools.partial(make_loss, distill_real=distill_real),
                 sections=('distillation',), teacher=previous_model,
-                synthesis=synthesis.generator(terms))
+                stage_one=stage_one.generator(terms))
 
 
 METHODS = (

@@ -1,4 +1,5 @@
-"""MUC-LwF (Liu et al. 2020, "More Classifiers, Less Forgetting"), single-head (spec §8.6).
+"""MUC-LwF (Liu et al. 2020, "More Classifiers, Less Forgetting"), single-head, as
+Liuy8/MUC runs it.
 
 After every task, `muc.side_heads` side classifiers are trained on the frozen
 features of its classes with a maximum-classifier-discrepancy term on
@@ -45,15 +46,13 @@ CONFIG = {'muc': dict(auxiliary=F.choice('synthetic', DATASETS), side_heads=F.po
 
 def make_loss(task: Task, config: ml_collections.ConfigDict) -> classifier.ClassifierLoss:
   lwf_loss = lwf.make_loss(task, config)
-  if not task.num_old:
-    return lwf_loss
   weight = task.num_old / task.num_seen
   temperature = config.distillation.temperature
   scale = config.distillation.scale_by_t_squared
 
-  def loss(out, labels, teacher, carried):
-    total, metrics = lwf_loss(out, labels, teacher, carried)
-    heads = carried['side_heads']
+  def loss(out, labels, teacher, method_state):
+    total, metrics = lwf_loss(out, labels, teacher, method_state)
+    heads = method_state['side_heads']
     student, target = side_logits(heads, out.features), side_logits(heads, teacher.features)
     kd_side = jnp.mean(jnp.stack([losses.distillation(s, t, temperature, scale)
                                   for s, t in zip(student, target)]))

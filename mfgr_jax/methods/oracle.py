@@ -18,8 +18,9 @@ if TYPE_CHECKING:
   from mfgr_jax.experiment import Experiment
 
 
-def seen_class_images(experiment: Experiment, task: Task, state: MethodState) -> np.ndarray:
-  del state
+def seen_class_images(experiment: Experiment, task: Task,
+                      method_state: MethodState) -> np.ndarray:
+  del method_state
   return experiment.class_images(0, task.num_seen)
 
 

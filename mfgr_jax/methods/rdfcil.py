@@ -3,7 +3,7 @@ Incremental Learning" (Gao et al., ECCV 2022), as its official code runs it.
 
 Stage I is ABD's inversion (cl-lite's `GenerativeInversion`: tempered content
 CE, normalised class balance, Gaussian KL to the BN statistics, smoothness
-prior; `synthesis.generator(ABD_TERMS, 'rdfcil')`) with a fresh generator per
+prior; `stage_one.generator(ABD_TERMS, 'rdfcil')`) with a fresh generator per
 task. Stage II (module.py `training_step`) on real new-class images x and
 generated old-class images x^, with task-dependent factors a = log2(C_new/2 + 1),
 b = sqrt(C_old / C_new):
@@ -47,9 +47,9 @@ import numpy as np
 import optax
 
 from mfgr_jax import config_fields as F
-from mfgr_jax import classifier, keys, losses, parallel, synthesis
-from mfgr_jax.classifier import ClassifierLoss, ReplayLoss
-from mfgr_jax.methods import HeadPhase, Method, finetune, previous_model
+from mfgr_jax import classifier, keys, losses, parallel, stage_one
+from mfgr_jax.classifier import ReplayLoss
+from mfgr_jax.methods import HeadPhase, Method, previous_model
 from mfgr_jax.methods.abd import ABD_TERMS
 from mfgr_jax.models.layers import torch_bias_init, torch_kernel_init
 from mfgr_jax.models.resnet import LOSS_PARAMS, classify
@@ -85,9 +85,7 @@ def _hkd(generated, teacher_generated) -> jax.Array:
                                       teacher_generated.logits)
 
 
-def make_loss(task: Task, config: ml_collections.ConfigDict) -> ClassifierLoss | ReplayLoss:
-  if not task.num_old:  # task 0: plain CE, as every method
-    return finetune.make_loss(task, config)
+def make_loss(task: Task, config: ml_collections.ConfigDict) -> ReplayLoss:
   ce_factor, hkd_factor, rkd_factor = _factors(task, config)
 
   def loss(real, labels, teacher_real, generated, teacher_generated):
@@ -134,7 +132,7 @@ def replay_class_counts(experiment: Experiment, task: Task, replay_arrays: Any,
   ones, over the stage's steps. The replayed share is estimated from
   `rdfcil.class_count_batches` batches of stage I's source."""
   config = experiment.config
-  source = experiment.method.synthesis.source(experiment, task)
+  source = experiment.method.stage_one.source(experiment, task)
   teacher = experiment.model(task.num_old)
 
   def count(arrays, teacher_vars, inputs):
@@ -153,7 +151,7 @@ def replay_class_counts(experiment: Experiment, task: Task, replay_arrays: Any,
   real = np.bincount(real_labels, minlength=task.num_seen)
   steps = experiment.total_steps(task)
   return (steps * config.train.batch_size * real / real.sum()
-          + steps * synthesis.generated_batch_size(config, task) * replayed / replayed.sum())
+          + steps * stage_one.generated_batch_size(config, task) * replayed / replayed.sum())
 
 
 def head_loss(task: Task, config: ml_collections.ConfigDict, class_weights: Any) -> ReplayLoss:
@@ -198,7 +196,7 @@ def head_optimizer(config: ml_collections.ConfigDict, steps: int) -> optax.Gradi
 
 
 METHODS = (Method('rdfcil', make_loss=make_loss, sections=('rdfcil',), teacher=previous_model,
-                  synthesis=synthesis.generator(ABD_TERMS, loss_section='rdfcil'),
+                  stage_one=stage_one.generator(ABD_TERMS, loss_section='rdfcil'),
                   loss_params=projections,
                   head_phase=HeadPhase(steps=head_steps, make_loss=make_head_loss,
                                        optimizer=head_optimizer)),)

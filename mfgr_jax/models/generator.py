@@ -1,4 +1,5 @@
-"""The DAFL generator MFGR trains against the frozen old classifier (spec §2.2).
+"""The DAFL generator MFGR trains against the frozen old classifier (xmengxin/MFGR
+`models/dafl_generator.py`).
 
 Linear -> BN -> [nearest x2 -> conv3x3 -> BN(eps 0.8) -> LeakyReLU(0.2)] x 2 ->
 conv3x3 -> tanh -> affine-free BN. The start map is image_size/4, so the same
@@ -47,7 +48,7 @@ def _upsample2(x: jax.Array) -> jax.Array:
 def generator_features(architecture: str, hidden: int, image_size: int) -> tuple[int, ...]:
   """Output channels of the generator's upsampling blocks.
 
-  'dafl': DAFL's `Generator32` (spec §2.2): two blocks (hidden, hidden/2) from
+  'dafl': DAFL's `Generator32` (`models/dafl_generator.py`): two blocks (hidden, hidden/2) from
   an image_size/4 map. 'pyramid': MFGR's `Generator128/256` of the CUB and
   Caltech experiments: from a 4x4 map, one block per doubling, channels halving
   from `hidden` (256 in the code), e.g. 256, 128, 64, 32, 16, 8 for 256x256.

@@ -3,7 +3,8 @@ that can report the statistics of its input.
 
 PyTorch initialises Conv and Linear weights with kaiming_uniform(a=sqrt(5)),
 i.e. U(+-1/sqrt(fan_in)), and Linear/Conv biases with U(+-1/sqrt(fan_in)).
-The official MFGR code never overrides this, so we reproduce it (spec §2.1).
+The official MFGR code never overrides this, so we reproduce it (xmengxin/MFGR
+`models/resnet.py`).
 """
 
 from typing import Any, Sequence

@@ -71,8 +71,3 @@ def test_head_ce_does_not_reach_the_features():
   assert np.all(np.asarray(term('head_ce')) == 0)
   assert np.any(np.asarray(term('local_ce')) != 0) and np.any(np.asarray(term('feature_kd')) != 0)
 
-
-def test_task_0_is_plain_cross_entropy():
-  value, cross_entropy = ref.task_0_loss_and_cross_entropy('abd', CONFIG)
-  assert value == pytest.approx(cross_entropy, rel=1e-6)
-

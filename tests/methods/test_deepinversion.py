@@ -31,10 +31,10 @@ def test_stage_one_optimises_a_pool_of_batches_times_batch_size_images(smoke_con
   smoke_config.method = 'deepinversion'
   smoke_config.deepinversion.update(batches=3, iterations=5, batch_size=8)
   experiment = build_experiment(smoke_config, tmp_path)
-  synthesis = experiment.method.synthesis
-  assert synthesis.stage == 'synthesis'
+  stage_one = experiment.method.stage_one
+  assert stage_one.stage == 'synthesis'
   # Every batch of the pool takes `iterations` steps; nothing to invert before task 1.
-  assert [experiment.synthesis_steps(t) for t in experiment.tasks] == [0, 15, 15]
-  pool = synthesis.arrays_like(experiment)  # what a resumed stage II restores
+  assert [experiment.stage_one_steps(t) for t in experiment.tasks] == [0, 15, 15]
+  pool = stage_one.arrays_like(experiment)  # what a resumed stage II restores
   assert pool.shape == (24, 16, 16, 1) and pool.dtype == np.float32
   assert experiment.fingerprint()['deepinversion'] == smoke_config.deepinversion.to_dict()

@@ -4,7 +4,6 @@ by hand; plain CE at task 0."""
 import types
 
 import ml_collections
-import numpy as np
 import pytest
 
 from mfgr_jax.methods import get_method, lwf
@@ -27,15 +26,6 @@ def test_loss_weights_cut_ce_and_distillation_by_the_old_classes_share(temperatu
   assert float(value) == pytest.approx((2 / 3) * ce + (1 / 3) * kd, rel=1e-5)
   assert float(metrics['ce']) == pytest.approx(ce, rel=1e-5)
   assert float(metrics['kd']) == pytest.approx(kd, rel=1e-5)
-
-
-def test_task_0_is_plain_cross_entropy_without_a_teacher():
-  logits = ref.LOGITS[:, :2]
-  labels = np.array([0, 1], np.int32)
-  value, metrics = lwf.make_loss(Task(0, (0, 1), 0, 2), _config(2.0, False))(
-      ref.forward(logits), labels, None, None)
-  assert float(value) == pytest.approx(ref.cross_entropy(logits, labels), rel=1e-6)
-  assert set(metrics) == {'ce'}
 
 
 def test_the_teacher_is_the_previous_tasks_model():

@@ -30,11 +30,6 @@ def test_stage_two_loss_by_hand(method, distill_real):
   assert ('kd_real' in metrics) == distill_real
 
 
-def test_task_0_is_plain_cross_entropy():
-  value, cross_entropy = ref.task_0_loss_and_cross_entropy('mfgr', CONFIG)
-  assert value == pytest.approx(cross_entropy, rel=1e-6)
-
-
 def test_paper_replay_options_run(smoke_config, tmp_path):
   smoke_config.method = 'mfgr'
   smoke_config.scenario.num_tasks = 2

@@ -6,6 +6,7 @@ an installed plugin distribution join the registry with their config sections;
 a broken or clashing plugin is a one-line error."""
 
 import ast
+import dataclasses
 import importlib.metadata
 import pkgutil
 import re
@@ -16,8 +17,10 @@ import pytest
 
 from mfgr_jax import methods
 from mfgr_jax.errors import UserError
+from mfgr_jax.scenario import Task
 
 from conftest import REPO, SMOKE, env
+import loss_references as ref
 from plugins import install_plugin
 
 METHODS = ('finetune', 'lwf', 'oracle', 'ewc', 'mas', 'muc_mas', 'lwm', 'muc_lwf', 'icarl',
@@ -36,6 +39,21 @@ def _installed_plugin_methods() -> set[str]:
   """The methods of plugins installed in this environment (none in CI)."""
   return {method.name for entry in importlib.metadata.entry_points(group=methods.ENTRY_POINT_GROUP)
           for method in entry.load().METHODS}
+
+
+@pytest.mark.parametrize('name', METHODS)
+def test_task_0_is_plain_cross_entropy_for_every_method(name):
+  # One task-0 model serves every method (init_from): the loss there is the
+  # method's own only after task 0.
+  method = methods.get_method(name)
+  logits, labels = ref.LOGITS[:, :2], ref.LABELS - 4
+  value, metrics = method.task_loss(Task(0, (0, 1), 0, 2), None)(ref.forward(logits), labels,
+                                                                 None, None)
+  assert float(value) == pytest.approx(ref.cross_entropy(logits, labels), rel=1e-6)
+  assert set(metrics) == {'ce'}
+  make_loss = lambda task, config: ('the method\'s loss of task', task.index)
+  assert dataclasses.replace(method, make_loss=make_loss).task_loss(ref.TASK, None) == (
+      'the method\'s loss of task', 1)
 
 
 def test_the_registry_holds_exactly_the_methods():
@@ -92,7 +110,7 @@ def test_a_bad_plugin_is_one_line_naming_it(plugin, source, words):
   plugin(source)
   with pytest.raises(UserError) as error:
     methods.all_methods()
-    methods.config_fields()
+    methods.config_sections()
   assert words in str(error.value) and '\n' not in str(error.value)
 
 
@@ -107,10 +125,10 @@ def test_an_unknown_method_is_one_line_listing_the_choices():
 
 def test_every_section_a_method_reads_has_defaults_in_the_config():
   from configs import default
-  sections = methods.config_fields()
+  sections = methods.config_sections()
   config = default.get_config()
   for method in methods.all_methods().values():
-    read = set(method.sections) | ({method.synthesis.section} - {''})
+    read = set(method.sections) | ({method.stage_one.section} - {''})
     assert read <= set(sections), method.name
     # The checkpoint fingerprint of every method can be built from the default config.
     fingerprint = method.fingerprint(config)

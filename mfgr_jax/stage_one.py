@@ -11,7 +11,7 @@ incremental task, and how stage II replays it.
   stage II draws from it.
 
 A kind is a record of pure functions, like a `methods.Method`; a method names
-its kind in `Method.synthesis`. Each kind's settings are a config section
+its kind in `Method.stage_one`. Each kind's settings are a config section
 (`CONFIG`, with `replay`, the settings of stage II's replayed batch).
 """
 
@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -37,7 +36,6 @@ from mfgr_jax.data.loading import image_shape
 from mfgr_jax.errors import UserError
 from mfgr_jax.models.generator import generator_features
 from mfgr_jax.scenario import Task
-from mfgr_jax.stage_runner import StageRunner
 
 if TYPE_CHECKING:
   from mfgr_jax.experiment import Experiment
@@ -62,8 +60,8 @@ CONFIG = {
             bn_statistics=20.0, diversity=0.1).items()},
         log_every_steps=F.positive_integer(50)),
     # Stage I of deepinversion: `batches` batches of images, each optimised from
-    # noise for `iterations` Adam steps against the frozen old model (spec §8.8;
-    # DeepInversion's CIFAR setting: 2000 iterations at batch 256, lr 0.05), with
+    # noise for `iterations` Adam steps against the frozen old model (NVlabs/DeepInversion
+    # `cifar10/deepinversion_cifar10.py`; its CIFAR setting: 2000 iterations at batch 256, lr 0.05), with
     # class-balanced targets and jitter (random shift up to `jitter` px, flip).
     # bn_statistics is MFGR's term and weight (a mean over layers; DeepInversion
     # sums over layers with r = 10), so that the comparison is pool vs generator.
@@ -84,11 +82,24 @@ CONFIG = {
                    single_pass=F.boolean(False)),
 }
 
-# (experiment, task, the old model's variables on devices, runner, the task's
-# progress checkpoint metadata or None, seconds per stage, global step offset)
+
+class StageIRunner(Protocol):
+  """What the loop gives a kind's `record` to run its stage of a task
+  (`stage_runner.StageOneRun`): the kind says what a step is, the loop runs,
+  logs, checkpoints and resumes it."""
+
+  def run_to_end(self, stage: str, state: Any, step: Callable[..., tuple[Any, dict]],
+                 arguments: tuple, log_every: int) -> tuple[Any, float | None]:
+    """`state, metrics = step(state, *arguments)` to the stage's last step from
+    `state` (host) or its progress checkpoint; (final state on devices, steps/s)."""
+
+  def write_images(self, stage: str, grid: np.ndarray) -> None:
+    """Shows a grid of the stage's images (WORKDIR/samples/, TensorBoard)."""
+
+
+# (experiment, task, the old model's variables on devices, the stage's runner)
 # -> (what stage II replays from, as host arrays; throughput).
-Record = Callable[['Experiment', Task, Any, StageRunner, 'dict | None', dict, int],
-                  tuple[Any, dict]]
+Record = Callable[['Experiment', Task, Any, StageIRunner], tuple[Any, dict]]
 
 
 def _no_steps(config: ml_collections.ConfigDict) -> int:
@@ -105,7 +116,7 @@ def _nothing_to_prepare(experiment: Experiment) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Synthesis:
+class StageOne:
   """A kind of stage I; the defaults are `NONE`'s."""
   stage: str = ''  # the stage's name in logs, results' seconds and checkpoints
   section: str = ''  # its config section (part of the checkpoint fingerprint)
@@ -120,7 +131,7 @@ class Synthesis:
   prepare: Callable[[Experiment], None] = _nothing_to_prepare
 
 
-NONE = Synthesis()
+NONE = StageOne()
 
 
 def generated_batch_size(config: ml_collections.ConfigDict, task: Task) -> int:
@@ -133,29 +144,12 @@ def generated_batch_size(config: ml_collections.ConfigDict, task: Task) -> int:
   return int(np.ceil(wanted / parallel.device_count()) * parallel.device_count())
 
 
-def _run_to_end(stage: str, experiment: Experiment, task: Task, runner: StageRunner,
-                resume: dict | None, seconds: dict, global_offset: int, state: Any,
-                step: Callable, arguments: tuple, log_every: int) -> tuple[Any, float | None]:
-  """Runs stage I's `state = step(state, *arguments)` to the end from `state` or its
-  progress checkpoint; returns the final state (on devices) and steps per second."""
-  if resume is not None:
-    state = runner.checkpoints.restore_progress({stage: parallel.to_host(state)})[stage]
-    logging.info('Resuming task %d %s at step %d', task.index, stage, int(state.step))
-  first_step, total_steps = int(state.step), experiment.synthesis_steps(task)
-  state, steps_per_second = runner.run(stage, task, step, parallel.replicate(state), total_steps,
-                                       global_offset, seconds, log_every, arguments)
-  if first_step < total_steps:  # a finished stage I survives a kill during stage II
-    runner.save(stage, task, total_steps, global_offset + total_steps, {stage: state}, seconds)
-  return state, steps_per_second
-
-
-def _write_samples(stage: str, experiment: Experiment, task: Task, images: np.ndarray,
-                   runner: StageRunner, global_step: int) -> None:
-  """A PNG grid of stage I's images in WORKDIR/samples/ and in TensorBoard."""
+def _show_samples(stage: str, experiment: Experiment, images: np.ndarray,
+                  runner: StageIRunner) -> None:
+  """A grid of stage I's images, as the loop shows them (WORKDIR/samples/, TensorBoard)."""
   shown = 128 if images.shape[1] <= 64 else 32  # keeps 224-pixel grids a few MB
-  grid = inversion.image_grid(parallel.to_host(images)[:shown], experiment.dataset.mean,
-                              experiment.dataset.std)
-  runner.write_images(stage, task, grid, experiment.workdir / 'samples', global_step)
+  runner.write_images(stage, inversion.image_grid(parallel.to_host(images)[:shown],
+                                                  experiment.dataset.mean, experiment.dataset.std))
 
 
 def _check_replay(config: ml_collections.ConfigDict) -> None:
@@ -167,8 +161,7 @@ def _check_replay(config: ml_collections.ConfigDict) -> None:
 
 
 def _record_with_generator(terms: tuple[str, ...], loss_section: str, experiment: Experiment,
-                           task: Task, old_vars: Any, runner: StageRunner, resume: dict | None,
-                           seconds: dict, global_offset: int) -> tuple[Any, dict]:
+                           task: Task, old_vars: Any, runner: StageIRunner) -> tuple[Any, dict]:
   """Trains a fresh generator against the frozen old model; returns its params."""
   config = experiment.config.generator
   generator, teacher = experiment.generator(), experiment.model(task.num_old)
@@ -180,15 +173,14 @@ def _record_with_generator(terms: tuple[str, ...], loss_section: str, experiment
   else:
     step = inversion.make_generator_step(generator, teacher, tx, config, terms)
   state = inversion.init_state(generator, experiment.task_key(task, keys.GENERATOR_INIT), tx)
-  state, steps_per_second = _run_to_end(
-      'generator', experiment, task, runner, resume, seconds, global_offset, state, step,
+  state, steps_per_second = runner.run_to_end(
+      results.GENERATOR_STAGE, state, step,
       (old_vars, experiment.task_key(task, keys.GENERATOR_STEPS)), config.log_every_steps)
   params = parallel.to_host(state.params)
   count = config.batch_size  # the batch size its BN statistics expect
   samples = inversion.make_sampler(generator, count)(parallel.replicate(params),
                                                      experiment.task_key(task, keys.SAMPLES))
-  _write_samples('generator', experiment, task, samples, runner,
-                 global_offset + experiment.synthesis_steps(task))
+  _show_samples(results.GENERATOR_STAGE, experiment, samples, runner)
   return params, {'generator_images_per_second': (
       steps_per_second * config.batch_size if steps_per_second else None)}
 
@@ -225,12 +217,12 @@ def _check_generator(terms: tuple[str, ...], config: ml_collections.ConfigDict) 
     raise UserError(f'generator: {e}; fix --config.generator.image_size or .architecture') from None
 
 
-def generator(terms: tuple[str, ...], loss_section: str = '') -> Synthesis:
+def generator(terms: tuple[str, ...], loss_section: str = '') -> StageOne:
   """MFGR's stage I with the generator loss terms `terms`, weighted by
   `generator.weights`, or by `generator_weights` (with `content_temperature`)
   of the config section `loss_section` if given. The generator and its budget
   (steps, batch, learning rate) are always the `generator` section's."""
-  return Synthesis(stage=results.GENERATOR_STAGE, section='generator',
+  return StageOne(stage=results.GENERATOR_STAGE, section='generator',
                    steps=lambda config: config.generator.steps,
                    record=functools.partial(_record_with_generator, terms, loss_section),
                    source=_generator_source, arrays_like=_generator_params_like,
@@ -240,19 +232,18 @@ def generator(terms: tuple[str, ...], loss_section: str = '') -> Synthesis:
 # --- pixel pool (DeepInversion) -----------------------------------------------
 
 
-def _record_pixel_pool(experiment: Experiment, task: Task, old_vars: Any, runner: StageRunner,
-                       resume: dict | None, seconds: dict, global_offset: int) -> tuple[Any, dict]:
+def _record_pixel_pool(experiment: Experiment, task: Task, old_vars: Any,
+                       runner: StageIRunner) -> tuple[Any, dict]:
   """Optimises a pool of images against the frozen old model; returns the pool."""
   config = experiment.config.deepinversion
   tx = inversion.make_pixel_optimizer(config)
   step = inversion.make_pixel_step(experiment.model(task.num_old), tx, config, task.num_old)
   state = inversion.init_pixel_state(config, experiment.dataset.image_shape, tx)
-  state, steps_per_second = _run_to_end(
-      'synthesis', experiment, task, runner, resume, seconds, global_offset, state, step,
-      (old_vars, experiment.task_key(task, keys.SYNTHESIS)), config.log_every_steps)
+  state, steps_per_second = runner.run_to_end(
+      results.PIXEL_POOL_STAGE, state, step,
+      (old_vars, experiment.task_key(task, keys.PIXEL_POOL)), config.log_every_steps)
   pool = parallel.to_host(state.pool)
-  _write_samples('synthesis', experiment, task, pool, runner,
-                 global_offset + experiment.synthesis_steps(task))
+  _show_samples(results.PIXEL_POOL_STAGE, experiment, pool, runner)
   return pool, {'synthesis_images_per_second': (
       steps_per_second * config.batch_size / config.iterations if steps_per_second else None)}
 
@@ -280,7 +271,7 @@ def _prepare_pixel_pool(experiment: Experiment) -> None:
                     f'{most_old} old classes; raise --config.deepinversion.batches or .batch_size')
 
 
-PIXEL_POOL = Synthesis(
+PIXEL_POOL = StageOne(
     stage=results.PIXEL_POOL_STAGE, section='deepinversion',
     steps=lambda config: config.deepinversion.batches * config.deepinversion.iterations,
     record=_record_pixel_pool, source=_pool_source, arrays_like=_pool_like,
