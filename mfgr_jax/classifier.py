@@ -41,10 +41,43 @@ class TrainState:
 
 
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-  """SGD with coupled L2 weight decay and a per-step cosine to 0
-  (xmengxin/MFGR `train_mfgr.py`)."""
-  schedule = optax.cosine_decay_schedule(config.learning_rate, max(total_steps, 1), alpha=0.0)
-  return sgd_with_weight_decay(schedule, config.weight_decay, config.momentum)
+  """SGD with coupled L2 weight decay and the learning-rate schedule of `config`
+  (`learning_rate_schedule`) over the task's `total_steps`."""
+  return sgd_with_weight_decay(learning_rate_schedule(config, total_steps), config.weight_decay,
+                               config.momentum)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """`config.schedule`: 'cosine', a per-step cosine to 0 (xmengxin/MFGR
+  `train_mfgr.py`); or 'multistep', PyTorch's `MultiStepLR` stepped once per epoch
+  (ABD's and R-DFCIL's code): the rate times `lr_decay` at each milestone epoch."""
+  if config.schedule == 'cosine':
+    return optax.cosine_decay_schedule(config.learning_rate, max(total_steps, 1), alpha=0.0)
+  # optax scales update `count` by each factor whose boundary is <= count: from the
+  # first step of a milestone epoch on, as PyTorch (two milestones on one step: both).
+  factors = {}
+  for step in milestone_steps(parse_milestones(config.milestones), config.epochs, total_steps):
+    factors[step] = factors.get(step, 1.0) * config.lr_decay
+  return optax.piecewise_constant_schedule(config.learning_rate, factors)
+
+
+def parse_milestones(milestones: str) -> list[float]:
+  """'100,150,200' (epochs) or '0.4,0.6,0.8' (fractions of the task's epochs) as
+  numbers; raises ValueError unless they increase and are all whole epochs or all
+  fractions below 1."""
+  values = [float(part) for part in milestones.split(',')] if milestones.strip() else []
+  fractions = all(0 < v < 1 for v in values)
+  if not (fractions or all(v >= 1 and v.is_integer() for v in values)):
+    raise ValueError(f'{milestones!r} mixes fractions and epochs, or is not positive')
+  if any(b <= a for a, b in zip(values, values[1:])):
+    raise ValueError(f'{milestones!r} does not increase')
+  return values
+
+
+def milestone_steps(milestones: list[float], epochs: int, total_steps: int) -> list[int]:
+  """The first step of each milestone (an epoch, or a fraction of the `epochs`)."""
+  return [round(m * total_steps) if m < 1 else round(m * total_steps / epochs)
+          for m in milestones]
 
 
 def sgd_with_weight_decay(learning_rate: optax.ScalarOrSchedule, weight_decay: float,

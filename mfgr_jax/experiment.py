@@ -156,6 +156,7 @@ def check_config(config: ml_collections.ConfigDict, source: str = 'the config') 
   parallel.check_divisible(config.train.batch_size, 'train.batch_size')
   parallel.check_divisible(config.eval_batch_size, 'eval_batch_size')
   planned_tasks(config)
+  _check_schedule(config.train)
   check_one_image_size(config.data)
   weights = config.model.init_weights
   if weights and not pathlib.Path(weights).expanduser().is_file():
@@ -168,6 +169,14 @@ def check_config(config: ml_collections.ConfigDict, source: str = 'the config') 
   method.stage_one.check_config(config)
   method.check_config(config)
   return method
+
+
+def _check_schedule(train: ml_collections.ConfigDict) -> None:
+  if (train.schedule == 'multistep') != bool(train.milestones.strip()):
+    raise UserError(f'train.schedule={train.schedule!r} with train.milestones='
+                    f'{train.milestones!r}: milestones belong to the multistep schedule; set '
+                    "both (e.g. --config.train.schedule=multistep --config.train.milestones=80,120)"
+                    ' or neither')
 
 
 def planned_tasks(config: ml_collections.ConfigDict) -> list[Task]:

@@ -10,10 +10,19 @@ anything (`experiment.check_config`).
 
 import ml_collections
 
+from mfgr_jax import classifier
 from mfgr_jax import config_fields as F
 from mfgr_jax import methods
 from mfgr_jax.data.loading import DATASETS
 from mfgr_jax.models.resnet import COMPUTE_DTYPES, STAGE_BLOCKS, STEMS
+
+
+def _milestones(spec: str) -> bool:
+  try:
+    classifier.parse_milestones(spec)
+  except ValueError:
+    return False
+  return True
 
 
 def _class_order(spec: str) -> bool:
@@ -68,6 +77,14 @@ def get_fields() -> dict:
       train=dict(epochs=F.positive_integer(2), batch_size=F.positive_integer(128),
                  learning_rate=F.positive_number(0.1), momentum=F.number(0.9, below=1.0),
                  weight_decay=F.number(5e-4),
+                 # The learning rate over a task: 'cosine' to 0 per step (MFGR's code), or
+                 # 'multistep' (ABD's and R-DFCIL's code: PyTorch's MultiStepLR per epoch),
+                 # times lr_decay at each of `milestones`: epochs ('100,150,200') or
+                 # fractions of the task's epochs ('0.4,0.6,0.8').
+                 schedule=F.choice('cosine', ('cosine', 'multistep')),
+                 milestones=F.text('', "'' or increasing epochs or fractions, e.g. '80,120'",
+                                   _milestones),
+                 lr_decay=F.positive_number(0.1),
                  # Task 0's own budget (PyCIL's init_epochs / init_lr); 0 = as the
                  # other tasks. Part of what a shared task-0 model (init_from) must match.
                  init_epochs=F.integer(0), init_learning_rate=F.number(0.0)),

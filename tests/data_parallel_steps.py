@@ -47,7 +47,7 @@ def main():
   out = {'devices': jax.device_count()}
 
   tx = classifier.make_optimizer(ml_collections.ConfigDict(
-      dict(learning_rate=0.05, momentum=0.9, weight_decay=5e-4)), 20)
+      dict(learning_rate=0.05, momentum=0.9, weight_decay=5e-4, schedule='cosine')), 20)
   for method in ('lwf', 'lwm'):
     train_step = classifier.make_train_step(
         model, tx, get_method(method).make_loss(task, CONFIG), AUGMENT, teacher)

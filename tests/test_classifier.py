@@ -1,11 +1,14 @@
 """classifier.py: the optimiser against PyTorch's, the train step, and stage II's
 replay step."""
 
+import bisect
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 from mfgr_jax import classifier, parallel
 from mfgr_jax.methods import get_method
@@ -15,7 +18,8 @@ from mfgr_jax.scenario import Task
 
 
 def test_optimizer_matches_pytorch_sgd_with_coupled_decay_and_cosine():
-  config = ml_collections.ConfigDict(dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4))
+  config = ml_collections.ConfigDict(dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
+                                          schedule='cosine'))
   total = 4
   tx = classifier.make_optimizer(config, total)
   params = {'w': jnp.array([1.0, -2.0])}
@@ -32,10 +36,36 @@ def test_optimizer_matches_pytorch_sgd_with_coupled_decay_and_cosine():
     np.testing.assert_allclose(params['w'], p, rtol=1e-6)
 
 
+@pytest.mark.parametrize('milestones', ['4,8', '0.4,0.8'])
+def test_multistep_gives_pytorch_s_rates_from_each_milestone_epoch_on(milestones):
+  # torch.optim.lr_scheduler.MultiStepLR(milestones=[4, 8], gamma=0.1), stepped once per
+  # epoch: epoch e runs at lr * 0.1 ** (number of milestones <= e).
+  epochs, steps_per_epoch = 10, 3
+  config = ml_collections.ConfigDict(dict(learning_rate=0.2, schedule='multistep',
+                                          milestones=milestones, lr_decay=0.1, epochs=epochs))
+  schedule = classifier.learning_rate_schedule(config, epochs * steps_per_epoch)
+  for step in range(epochs * steps_per_epoch):
+    epoch = step // steps_per_epoch
+    expected = 0.2 * 0.1 ** bisect.bisect_right([4, 8], epoch)
+    assert float(schedule(step)) == pytest.approx(expected, rel=1e-6), step
+
+
+@pytest.mark.parametrize('milestones', ['', '80,120', '0.5,0.75', '100'])
+def test_milestones_that_parse(milestones):
+  assert len(classifier.parse_milestones(milestones)) == len(milestones.split(',')) - (
+      not milestones)
+
+
+@pytest.mark.parametrize('milestones', ['120,80', '0.5,100', '1.5', '0,4', 'x'])
+def test_milestones_that_do_not(milestones):
+  with pytest.raises(ValueError):
+    classifier.parse_milestones(milestones)
+
+
 def _task_step(method, task, num_classes):
   model = resnet(18, num_classes, width=4, bn_axis_name='batch')
   tx = classifier.make_optimizer(ml_collections.ConfigDict(
-      dict(learning_rate=0.05, momentum=0.9, weight_decay=5e-4)), 20)
+      dict(learning_rate=0.05, momentum=0.9, weight_decay=5e-4, schedule='cosine')), 20)
   config = ml_collections.ConfigDict(dict(
       distillation=dict(temperature=2.0, scale_by_t_squared=False), lwm=dict(attention_weight=1.0)))
   step = classifier.make_train_step(model, tx, get_method(method).make_loss(task, config),

@@ -54,6 +54,9 @@ HOSTILE = {
     'train.weight_decay': [-1e-4],
     'train.init_epochs': [-1, 1.5],
     'train.init_learning_rate': [-0.1, math.nan],
+    'train.schedule': ['step', 'Cosine'],
+    'train.milestones': ['120,80', '0.5,100', '0,4', 'x', 80],
+    'train.lr_decay': [0, -0.1],
     'eval_batch_size': [0],
     'on_nonfinite': ['ignore'],
     'log_every_steps': [0],
@@ -184,6 +187,8 @@ def test_a_bad_value_of_any_field_is_refused_in_one_line_before_any_work(
 @pytest.mark.parametrize('change,words', [
     (dict(scenario__increment=4), 'cannot split 6 classes into a base task of 4'),
     (dict(scenario__num_tasks=9), 'scenario.num_tasks=9 but the scenario has 3 tasks'),
+    (dict(train__schedule='multistep'), "train.schedule='multistep' with train.milestones=''"),
+    (dict(train__milestones='80,120'), "milestones belong to the multistep schedule"),
     (dict(scenario__class_order='0,1,2,3,4,99'), 'label(s) [99] outside 0..5'),
     (dict(scenario__class_order='0,1,1,2'), 'lists label(s) [1] more than once'),
     (dict(method='mfgr', generator__diversity_pairs=20), 'needs generator.batch_size >= 40'),
