@@ -20,7 +20,8 @@ import orbax.checkpoint as ocp
 
 from mfgr_jax.errors import UserError, first_line
 
-MODEL, STATE, META, METHOD_STATE = 'model', 'state', 'meta', 'method_state'
+MODEL, STATE, META, METHOD_STATE, STAGE_ONE_STATE = (
+    'model', 'state', 'meta', 'method_state', 'stage_one_state')
 
 
 class Checkpoints:
@@ -69,17 +70,26 @@ class Checkpoints:
       return f'the last checkpoint is {self._tasks.directory / str(task)} (after task {task})'
     return 'no checkpoint was saved yet'
 
-  def save_task(self, task: int, model_vars: Any, meta: dict, method_state: Any = None) -> None:
-    """`method_state`: what a method carries from task to task (e.g. EWC's Fisher), if any."""
+  def save_task(self, task: int, model_vars: Any, meta: dict, method_state: Any = None,
+                stage_one_state: Any = None) -> None:
+    """`method_state`: what a method carries from task to task (e.g. EWC's Fisher), if
+    any; `stage_one_state`: what its stage I carries (a warm-started generator), if any."""
     items = {MODEL: ocp.args.StandardSave(model_vars), META: ocp.args.JsonSave(meta)}
     if method_state is not None:
       items[METHOD_STATE] = ocp.args.StandardSave(method_state)
+    if stage_one_state is not None:
+      items[STAGE_ONE_STATE] = ocp.args.StandardSave(stage_one_state)
     self._write(lambda: self._tasks.save(task, args=ocp.args.Composite(**items)))
 
   def restore_method_state(self, task: int, target: Any) -> Any:
     """The method state saved with `task`, shaped like `target` (None: as saved)."""
     return self._read(self._tasks, task,
                       **{METHOD_STATE: ocp.args.StandardRestore(target)})[METHOD_STATE]
+
+  def restore_stage_one_state(self, task: int, target: Any) -> Any:
+    """Stage I's state saved with `task`, shaped like `target`."""
+    return self._read(self._tasks, task,
+                      **{STAGE_ONE_STATE: ocp.args.StandardRestore(target)})[STAGE_ONE_STATE]
 
   def restore_task(self, task: int, target: Any) -> tuple[Any, dict]:
     """Returns (model variables shaped like `target`, metadata) after `task`."""

@@ -162,10 +162,16 @@ class ReplaySource(NamedTuple):
 
 
 def generator_source(generator: nn.Module, batch_size: int) -> ReplaySource:
-  """`batch_size` fresh samples per step (batch-statistics BN) from the generator's parameters."""
+  """`batch_size` fresh samples per step from the generator's parameters (its
+  BatchNorm with the batch's statistics), or with `track_running_statistics` from
+  its variables (with the running statistics: the generator in eval mode)."""
+  if generator.track_running_statistics:
+    render = lambda variables, z: generator.apply(variables, z, use_running_average=True)
+  else:
+    render = lambda params, z: generator.apply({'params': params}, z)
   return ReplaySource(
       draw=lambda key: parallel.sharded_normal(key, (batch_size, generator.latent_dim)),
-      render=lambda params, z: generator.apply({'params': params}, z))
+      render=render)
 
 
 def pool_source(pool_size: int, batch_size: int) -> ReplaySource:

@@ -30,6 +30,8 @@ class Field:
   default: Any
   allowed: str  # what the rule allows, in words: 'an integer >= 1'
   accepts: Callable[[Any], bool]
+  # Left out of checkpoint fingerprints while at its default (`added`).
+  omitted_at_default: bool = False
 
 
 # A section: names to fields or to sections.
@@ -88,6 +90,26 @@ def text(default: str, allowed: str = 'a string',
          accepts: Callable[[str], bool] = lambda v: True) -> Field:
   """A string; `accepts` may restrict it further (say how in `allowed`)."""
   return Field(default, allowed, lambda v: isinstance(v, str) and accepts(v))
+
+
+def added(field: Field) -> Field:
+  """`field`, added to a fingerprinted section after runs were made without it, with
+  a default that keeps their behaviour: at that default it is left out of the
+  checkpoint fingerprint (`fingerprint`), so that their workdirs still resume."""
+  return dataclasses.replace(field, omitted_at_default=True)
+
+
+def fingerprint(values: Mapping[str, Any], fields: Fields) -> dict:
+  """A section's `values` as checkpoints record them: without the `added` fields
+  that are at their defaults."""
+  kept = {}
+  for name, value in values.items():
+    field = fields.get(name)
+    if isinstance(field, Field) and field.omitted_at_default and value == field.default:
+      continue
+    kept[name] = (fingerprint(value, field) if isinstance(value, Mapping) and
+                  isinstance(field, Mapping) else value)
+  return kept
 
 
 def defaults(fields: Fields) -> ml_collections.ConfigDict:

@@ -73,7 +73,8 @@ class Experiment:
     return Generator(image_size=config.image_size or height, channels=channels,
                      latent_dim=config.latent_dim, hidden=config.hidden,
                      architecture=config.architecture, output_size=height,
-                     axis_name=parallel.AXIS)
+                     axis_name=parallel.AXIS,
+                     track_running_statistics=config.sample_statistics == 'running')
 
   def task_key(self, task: Task, stream: int) -> jax.Array:
     return keys.task_key(self.config.seed, task.index, stream)

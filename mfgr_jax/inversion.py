@@ -43,6 +43,13 @@ class GeneratorState:
   step: jax.Array
   params: Any
   opt_state: Any
+  # The generator's running BatchNorm statistics, with `track_running_statistics`.
+  batch_stats: Any = None
+
+  def variables(self) -> dict:
+    """What `Generator.apply` takes: its parameters and running statistics, if any."""
+    return ({'params': self.params} if self.batch_stats is None else
+            {'params': self.params, 'batch_stats': self.batch_stats})
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -52,16 +59,18 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _initial_params(generator: nn.Module, key: jax.Array) -> Any:
+def _initial_variables(generator: nn.Module, key: jax.Array) -> dict:
   # Jitted (once per generator shape; bitwise the same numbers as eager): else each
   # initialiser compiles op by op, and nothing of that is kept by the persistent cache.
-  return generator.init(key, jnp.zeros((2, generator.latent_dim)))['params']
+  return generator.init(key, jnp.zeros((2, generator.latent_dim)))
 
 
 def init_state(generator: nn.Module, key: jax.Array,
                tx: optax.GradientTransformation) -> GeneratorState:
-  params = _initial_params(generator, key)
-  return GeneratorState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  variables = _initial_variables(generator, key)
+  params = variables['params']
+  return GeneratorState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                        batch_stats=variables.get('batch_stats'))
 
 
 def inversion_loss_terms(teacher: nn.Module, teacher_vars: Any, images: jax.Array,
@@ -134,7 +143,8 @@ def make_generator_step(generator: nn.Module, teacher: nn.Module, tx: optax.Grad
   `config.weights`.
 
   `key` is the stage's key; the step's noise and diversity pairs come from
-  `fold_in(key, state.step)`. Metrics hold every active term (unweighted), the
+  `fold_in(key, state.step)`. A generator with `track_running_statistics` updates
+  its running statistics (`state.batch_stats`) at every step. Metrics hold every active term (unweighted), the
   weighted total, the entropy (nats) of the mean prediction and the histogram
   of the teacher's argmax classes (`class_counts`).
   """
@@ -145,19 +155,25 @@ def make_generator_step(generator: nn.Module, teacher: nn.Module, tx: optax.Grad
 
   def per_device(state, teacher_vars, z, pair_key):
     def loss_fn(params):
-      images = generator.apply({'params': params}, z)
+      if state.batch_stats is None:
+        images, batch_stats = generator.apply({'params': params}, z), None
+      else:
+        images, updated = generator.apply({'params': params, 'batch_stats': state.batch_stats},
+                                          z, mutable=['batch_stats'])
+        batch_stats = updated['batch_stats']  # the same on every device (global moments)
       values, diagnostics = inversion_loss_terms(teacher, teacher_vars, images, terms, pair_key,
                                                  config.diversity_pairs,
                                                  content_temperature=content_temperature)
       total = sum(weights[t] * values[t] for t in terms)
-      return total, {**values, 'loss': total, **diagnostics}
+      return total, ({**values, 'loss': total, **diagnostics}, batch_stats)
 
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(parallel.per_device(state.params))
+    grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(
+        parallel.per_device(state.params))
     grads, metrics = parallel.pmean((grads, metrics))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = GeneratorState(step=state.step + 1,
                                params=optax.apply_updates(state.params, updates),
-                               opt_state=opt_state)
+                               opt_state=opt_state, batch_stats=batch_stats)
     return numerics.guard(numerics.all_finite((grads, metrics, new_state.params)), new_state,
                           state, metrics)
 
@@ -279,14 +295,16 @@ def make_pixel_step(teacher: nn.Module, tx: optax.GradientTransformation,
 
 
 def make_sampler(generator: nn.Module, batch_size: int) -> Callable:
-  """Returns jitted, data-parallel `sample(params, key) -> images` (batch statistics BN)."""
-  mapped = parallel.data_parallel(lambda params, z: generator.apply({'params': params}, z),
-                                  in_specs=(parallel.REPLICATED, parallel.SHARDED),
-                                  out_specs=parallel.SHARDED)
+  """Returns jitted, data-parallel `sample(variables, key) -> images`; its BatchNorm
+  uses the running statistics in `variables` if it has them, else the batch's."""
+  mapped = parallel.data_parallel(
+      lambda variables, z: generator.apply(
+          variables, z, use_running_average='batch_stats' in variables),
+      in_specs=(parallel.REPLICATED, parallel.SHARDED), out_specs=parallel.SHARDED)
 
   @jax.jit
-  def sample(params, key):
-    return mapped(params, parallel.sharded_normal(key, (batch_size, generator.latent_dim)))
+  def sample(variables, key):
+    return mapped(variables, parallel.sharded_normal(key, (batch_size, generator.latent_dim)))
 
   return sample
 

@@ -50,6 +50,14 @@ CONFIG = {
     # diversity_pairs: the code: 200 pairs of a 512 batch. weights: of the loss
     # terms, a method uses the subset it names (methods/mfgr.py); code defaults,
     # the paper's diversity weight lambda3 = 0.1.
+    # sample_statistics: how stage II's samples are normalised by the generator's
+    # BatchNorm: 'batch' (the replayed batch's statistics; MFGR's code, which never
+    # calls generator.eval()) or 'running' (running statistics kept while it trains,
+    # PyTorch's momentum 0.1 and unbiased variance; ABD's and R-DFCIL's code sample
+    # in eval mode). The sample grid is drawn the same way.
+    # warm_start: False = a fresh generator and Adam per task (MFGR's and R-DFCIL's
+    # code); True = one generator and one Adam for the whole run, each task's stage I
+    # going on from the previous one's (ABD's code).
     'generator': dict(
         steps=F.positive_integer(300), batch_size=F.positive_integer(128),
         learning_rate=F.positive_number(0.01), latent_dim=F.positive_integer(1000),
@@ -58,6 +66,8 @@ CONFIG = {
         weights={name: F.number(weight) for name, weight in dict(
             one_hot=1.0, class_balance=5.0, activation=0.1, signed_difference=10.0,
             bn_statistics=20.0, diversity=0.1).items()},
+        sample_statistics=F.added(F.choice('batch', ('batch', 'running'))),
+        warm_start=F.added(F.boolean(False)),
         log_every_steps=F.positive_integer(50)),
     # Stage I of deepinversion: `batches` batches of images, each optimised from
     # noise for `iterations` Adam steps against the frozen old model (NVlabs/DeepInversion
@@ -97,9 +107,11 @@ class StageIRunner(Protocol):
     """Shows a grid of the stage's images (WORKDIR/samples/, TensorBoard)."""
 
 
-# (experiment, task, the old model's variables on devices, the stage's runner)
-# -> (what stage II replays from, as host arrays; throughput).
-Record = Callable[['Experiment', Task, Any, StageIRunner], tuple[Any, dict]]
+# (experiment, task, the old model's variables on devices, the stage's runner, what
+# the kind carried from the previous task's stage I or None) -> (what stage II
+# replays from, as host arrays; throughput; what it carries to the next task's
+# stage I, as host arrays, or None).
+Record = Callable[['Experiment', Task, Any, StageIRunner, Any], tuple[Any, dict, Any]]
 
 
 def _no_steps(config: ml_collections.ConfigDict) -> int:
@@ -112,6 +124,10 @@ def _no_checks(config: ml_collections.ConfigDict) -> None:
 
 
 def _nothing_to_prepare(experiment: Experiment) -> None:
+  del experiment
+
+
+def _carries_nothing(experiment: Experiment) -> None:
   del experiment
 
 
@@ -129,6 +145,9 @@ class StageOne:
   check_config: Callable[[ml_collections.ConfigDict], None] = _no_checks
   # Checks that need the data, after it is loaded.
   prepare: Callable[[Experiment], None] = _nothing_to_prepare
+  # experiment -> host arrays shaped like what `record` carries to the next task
+  # (a restore target; saved with the task), or None when it carries nothing.
+  carried_like: Callable[[Experiment], Any] = _carries_nothing
 
 
 NONE = StageOne()
@@ -161,8 +180,12 @@ def _check_replay(config: ml_collections.ConfigDict) -> None:
 
 
 def _record_with_generator(terms: tuple[str, ...], loss_section: str, experiment: Experiment,
-                           task: Task, old_vars: Any, runner: StageIRunner) -> tuple[Any, dict]:
-  """Trains a fresh generator against the frozen old model; returns its params."""
+                           task: Task, old_vars: Any, runner: StageIRunner,
+                           carried: Any) -> tuple[Any, dict, Any]:
+  """Trains a generator against the frozen old model, a fresh one or (with
+  `generator.warm_start`) the previous task's with its Adam state (`carried`);
+  returns what stage II samples it with (`_replay_arrays`) and, warm-starting,
+  its final state for the next task."""
   config = experiment.config.generator
   generator, teacher = experiment.generator(), experiment.model(task.num_old)
   tx = inversion.make_optimizer(config)
@@ -172,17 +195,27 @@ def _record_with_generator(terms: tuple[str, ...], loss_section: str, experiment
                                          own.generator_weights, own.content_temperature)
   else:
     step = inversion.make_generator_step(generator, teacher, tx, config, terms)
-  state = inversion.init_state(generator, experiment.task_key(task, keys.GENERATOR_INIT), tx)
+  if carried is not None:  # its step counts this stage's steps; Adam's own count goes on
+    state = carried['generator'].replace(step=jnp.zeros((), jnp.int32))
+  else:
+    state = inversion.init_state(generator, experiment.task_key(task, keys.GENERATOR_INIT), tx)
   state, steps_per_second = runner.run_to_end(
       results.GENERATOR_STAGE, state, step,
       (old_vars, experiment.task_key(task, keys.GENERATOR_STEPS)), config.log_every_steps)
-  params = parallel.to_host(state.params)
+  arrays = parallel.to_host(_replay_arrays(state))
   count = config.batch_size  # the batch size its BN statistics expect
-  samples = inversion.make_sampler(generator, count)(parallel.replicate(params),
+  samples = inversion.make_sampler(generator, count)(parallel.replicate(state.variables()),
                                                      experiment.task_key(task, keys.SAMPLES))
   _show_samples(results.GENERATOR_STAGE, experiment, samples, runner)
-  return params, {'generator_images_per_second': (
-      steps_per_second * config.batch_size if steps_per_second else None)}
+  return arrays, {'generator_images_per_second': (
+      steps_per_second * config.batch_size if steps_per_second else None)}, (
+          {'generator': parallel.to_host(state)} if config.warm_start else None)
+
+
+def _replay_arrays(state: inversion.GeneratorState) -> Any:
+  """The generator's parameters, or with running statistics its variables
+  (`classifier.generator_source`)."""
+  return state.params if state.batch_stats is None else state.variables()
 
 
 def _generator_source(experiment: Experiment, task: Task) -> classifier.ReplaySource:
@@ -190,10 +223,19 @@ def _generator_source(experiment: Experiment, task: Task) -> classifier.ReplaySo
                                      generated_batch_size(experiment.config, task))
 
 
-def _generator_params_like(experiment: Experiment) -> Any:
-  return parallel.zeros_shaped_like(experiment.generator().init, jax.random.PRNGKey(0),
-                                    jnp.zeros((2, experiment.config.generator.latent_dim))
-                                    )['params']
+def _generator_state_like(experiment: Experiment) -> dict | None:
+  """With `generator.warm_start`: host zeros shaped like the carried generator state."""
+  if not experiment.config.generator.warm_start:
+    return None
+  generator, tx = experiment.generator(), inversion.make_optimizer(experiment.config.generator)
+  return {'generator': parallel.zeros_shaped_like(
+      lambda key: inversion.init_state(generator, key, tx), jax.random.PRNGKey(0))}
+
+
+def _generator_arrays_like(experiment: Experiment) -> Any:
+  variables = parallel.zeros_shaped_like(experiment.generator().init, jax.random.PRNGKey(0),
+                                         jnp.zeros((2, experiment.config.generator.latent_dim)))
+  return variables if 'batch_stats' in variables else variables['params']
 
 
 def _check_generator(terms: tuple[str, ...], config: ml_collections.ConfigDict) -> None:
@@ -225,16 +267,18 @@ def generator(terms: tuple[str, ...], loss_section: str = '') -> StageOne:
   return StageOne(stage=results.GENERATOR_STAGE, section='generator',
                    steps=lambda config: config.generator.steps,
                    record=functools.partial(_record_with_generator, terms, loss_section),
-                   source=_generator_source, arrays_like=_generator_params_like,
-                   check_config=functools.partial(_check_generator, terms))
+                   source=_generator_source, arrays_like=_generator_arrays_like,
+                   check_config=functools.partial(_check_generator, terms),
+                   carried_like=_generator_state_like)
 
 
 # --- pixel pool (DeepInversion) -----------------------------------------------
 
 
-def _record_pixel_pool(experiment: Experiment, task: Task, old_vars: Any,
-                       runner: StageIRunner) -> tuple[Any, dict]:
+def _record_pixel_pool(experiment: Experiment, task: Task, old_vars: Any, runner: StageIRunner,
+                       carried: None) -> tuple[Any, dict, None]:
   """Optimises a pool of images against the frozen old model; returns the pool."""
+  del carried  # every task's pool is new
   config = experiment.config.deepinversion
   tx = inversion.make_pixel_optimizer(config)
   step = inversion.make_pixel_step(experiment.model(task.num_old), tx, config, task.num_old)
@@ -245,7 +289,7 @@ def _record_pixel_pool(experiment: Experiment, task: Task, old_vars: Any,
   pool = parallel.to_host(state.pool)
   _show_samples(results.PIXEL_POOL_STAGE, experiment, pool, runner)
   return pool, {'synthesis_images_per_second': (
-      steps_per_second * config.batch_size / config.iterations if steps_per_second else None)}
+      steps_per_second * config.batch_size / config.iterations if steps_per_second else None)}, None
 
 
 def _pool_source(experiment: Experiment, task: Task) -> classifier.ReplaySource:

@@ -27,6 +27,7 @@ from mfgr_jax import parallel
 from mfgr_jax import preemption
 from mfgr_jax import files
 from mfgr_jax import workdir as workdirs
+from mfgr_jax.workdir import Carried
 from mfgr_jax.checkpoints import Checkpoints
 from mfgr_jax.console import rounded
 from mfgr_jax.data.sampler import BatchSampler
@@ -62,7 +63,7 @@ def run_tasks(experiment: Experiment) -> dict:
             if parallel.is_main_process() else metric_writers.MultiWriter([]))
   checkpoints = Checkpoints(workdir / 'checkpoints')
   try:
-    results, previous, method_state, start = workdirs.resume(experiment, checkpoints)
+    results, carried, start = workdirs.resume(experiment, checkpoints)
     if parallel.is_main_process():  # after the checks: a refused config leaves config.json alone
       files.write_json(workdir / 'config.json', config.to_dict())
       if start >= len(experiment.tasks_to_run):  # finished before: its outputs must be whole
@@ -75,8 +76,7 @@ def run_tasks(experiment: Experiment) -> dict:
                          workdir / 'samples')
     preemption.install()
     for task in experiment.tasks_to_run[start:]:
-      previous, method_state = run_task(experiment, task, previous, method_state, results,
-                                        runner, int(offsets[task.index]))
+      carried = run_task(experiment, task, carried, results, runner, int(offsets[task.index]))
       stop = preemption.requested(int(offsets[task.index + 1]))
       if stop and task is not experiment.tasks_to_run[-1]:
         raise Interrupted(f'stopped by {stop} after task {task.index} (saved); run the same '
@@ -89,30 +89,32 @@ def run_tasks(experiment: Experiment) -> dict:
   return results
 
 
-def run_task(experiment: Experiment, task: Task, previous: dict | None, method_state: Any,
-             results: dict, runner: StageRunner, global_offset: int) -> tuple[dict, Any]:
-  """Learns `task`, runs the method's after-task work, evaluates, saves; returns the
-  model variables and the method state after it."""
+def run_task(experiment: Experiment, task: Task, carried: Carried, results: dict,
+             runner: StageRunner, global_offset: int) -> Carried:
+  """Learns `task`, runs the method's after-task work, evaluates, saves; returns what
+  it hands to the next task."""
   logging.info('Task %d/%d: %d classes (%d old), %d training images', task.index,
                len(experiment.tasks) - 1, task.num_new, task.num_old, experiment.train_count(task))
   resume = runner.start_task(task)
+  stage_one_state = carried.stage_one_state
   if task.index == 0 and experiment.config.init_from:
     variables, results['task0_from'] = workdirs.load_task0(experiment, task)
     seconds, throughput = {'classifier': 0.0}, {}
   else:
-    variables, throughput = learn_task(experiment, task, previous, method_state, runner, resume,
-                                       global_offset)
+    variables, throughput, stage_one_state = learn_task(experiment, task, carried, runner,
+                                                        resume, global_offset)
     seconds = runner.seconds
   # Before evaluation: a method may predict with its new state (iCaRL's memory).
-  method_state, seconds_after = after_task(experiment, task, variables, method_state)
+  method_state, seconds_after = after_task(experiment, task, variables, carried.method_state)
   eval_start = time.time()
   metrics = evaluate(experiment, task, variables, method_state)
   seconds = {**seconds, **seconds_after, 'eval': time.time() - eval_start}
   record_task(results, experiment.order, metrics, seconds, throughput, runner.skipped,
               cpu_flags.machine())
-  save_task(experiment, task, variables, method_state, results, metrics, runner,
+  after = Carried(variables, method_state, stage_one_state)
+  save_task(experiment, task, after, results, metrics, runner,
             global_offset + experiment.task_steps(task))
-  return variables, method_state
+  return after
 
 
 # ----------------------------------------------------------------------------
@@ -120,30 +122,39 @@ def run_task(experiment: Experiment, task: Task, previous: dict | None, method_s
 # ----------------------------------------------------------------------------
 
 
-def learn_task(experiment: Experiment, task: Task, previous: dict | None, method_state: Any,
-               runner: StageRunner, resume: dict | None,
-               global_offset: int) -> tuple[dict, dict]:
-  """Returns (model variables on host, throughput); `resume`: the progress
-  checkpoint inside `task` to continue from (`StageRunner.start_task`), or None."""
+def learn_task(experiment: Experiment, task: Task, carried: Carried, runner: StageRunner,
+               resume: dict | None, global_offset: int) -> tuple[dict, dict, Any]:
+  """Returns (model variables on host, throughput, stage I's state to carry);
+  `resume`: the progress checkpoint inside `task` to continue from
+  (`StageRunner.start_task`), or None.
+
+  What stage I made travels as `recorded`: {'replay': what stage II replays from}
+  and, for a kind that carries state to the next task, {'carried': that state};
+  it is saved with every progress checkpoint of the stages after it."""
   resumed_stage = resume['stage'] if resume else None
+  previous, method_state = carried.variables, carried.method_state
   old_vars = parallel.replicate(previous) if task.num_old else None
-  replay_arrays, throughput, steps_per_second = None, {}, None
+  recorded, throughput, steps_per_second = None, {}, None
   stage_one_steps = experiment.stage_one_steps(task)
   if stage_one_steps and resumed_stage not in ('classifier', 'head'):
-    replay_arrays, throughput = experiment.method.stage_one.record(
-        experiment, task, old_vars, runner.stage_one(task, resume, global_offset, stage_one_steps))
+    replay_arrays, throughput, stage_one_state = experiment.method.stage_one.record(
+        experiment, task, old_vars, runner.stage_one(task, resume, global_offset, stage_one_steps),
+        carried.stage_one_state)
+    recorded = {'replay': replay_arrays,
+                **({'carried': stage_one_state} if stage_one_state is not None else {})}
   offset = global_offset + stage_one_steps
   if resumed_stage != 'head':
-    variables, replay_arrays, steps_per_second = train_classifier(
-        experiment, task, previous, method_state, old_vars, replay_arrays, runner, resume, offset)
+    variables, recorded, steps_per_second = train_classifier(
+        experiment, task, previous, method_state, old_vars, recorded, runner, resume, offset)
   else:
     variables = None  # restored with the head phase's state
   if experiment.head_steps(task):
-    variables = train_head(experiment, task, variables, method_state, old_vars, replay_arrays,
-                           runner, resume, offset + experiment.total_steps(task))
+    variables, recorded = train_head(experiment, task, variables, method_state, old_vars,
+                                     recorded, runner, resume,
+                                     offset + experiment.total_steps(task))
   throughput['train_images_per_second'] = (
       steps_per_second * experiment.config.train.batch_size if steps_per_second else None)
-  return variables, throughput
+  return variables, throughput, (recorded or {}).get('carried', carried.stage_one_state)
 
 
 def initial_variables(experiment: Experiment, task: Task, previous: dict | None) -> tuple[Any, Any]:
@@ -164,18 +175,18 @@ def initial_variables(experiment: Experiment, task: Task, previous: dict | None)
 
 
 def train_classifier(experiment: Experiment, task: Task, previous: dict | None, method_state: Any,
-                     old_vars: Any, replay_arrays: Any, runner: StageRunner,
+                     old_vars: Any, recorded: dict | None, runner: StageRunner,
                      resume: dict | None, global_offset: int) -> tuple[dict, Any, float | None]:
   """The classifier on the task's images, with replayed ones when stage I ran;
-  returns its variables (host; without the loss's own parameters), the replay
-  arrays (restored, when resuming here) and steps per second."""
+  returns its variables (host; without the loss's own parameters), what stage I
+  recorded (restored, when resuming here) and steps per second."""
   config, method = experiment.config, experiment.method
   replays = experiment.stage_one_steps(task) > 0
   total_steps = experiment.total_steps(task)
   tx = classifier.make_optimizer(experiment.train_settings(task), total_steps)
   state = classifier.init_train_state(*initial_variables(experiment, task, previous), tx)
   if resume and resume['stage'] == 'classifier':
-    state, replay_arrays = _restore_stage('classifier', experiment, runner, state, replays)
+    state, recorded = _restore_stage('classifier', experiment, runner, state, replays)
     logging.info('Resuming task %d at step %d/%d', task.index, int(state.step), total_steps)
 
   model, teacher = experiment.model(task.num_seen), method.teacher(experiment, task)
@@ -186,9 +197,8 @@ def train_classifier(experiment: Experiment, task: Task, previous: dict | None, 
     step = classifier.make_replay_step(model, tx, loss, _augment_kwargs(experiment), teacher,
                                        method.stage_one.source(experiment, task),
                                        config.replay.single_pass)
-    replay_on_devices = parallel.replicate(replay_arrays)
-    arguments = (teacher_vars, replay_on_devices, experiment.task_key(task, keys.REPLAY))
-    saved_with_state = {'replay': replay_on_devices}
+    saved_with_state = parallel.replicate(recorded)
+    arguments = (teacher_vars, saved_with_state['replay'], experiment.task_key(task, keys.REPLAY))
   else:
     step = classifier.make_train_step(model, tx, loss, _augment_kwargs(experiment), teacher)
     method_state_on_devices = (parallel.replicate(method_state) if method_state is not None
@@ -199,48 +209,54 @@ def train_classifier(experiment: Experiment, task: Task, previous: dict | None, 
       config.log_every_steps, arguments, sampler, saved_with_state)
   params = {k: v for k, v in state.params.items() if k != LOSS_PARAMS}
   variables = parallel.to_host({'params': params, 'batch_stats': state.batch_stats})
-  return variables, replay_arrays, steps_per_second
+  return variables, recorded, steps_per_second
 
 
 def train_head(experiment: Experiment, task: Task, variables: dict | None, method_state: Any,
-               old_vars: Any, replay_arrays: Any, runner: StageRunner, resume: dict | None,
-               global_offset: int) -> dict:
+               old_vars: Any, recorded: dict | None, runner: StageRunner,
+               resume: dict | None, global_offset: int) -> tuple[dict, dict]:
   """The method's head phase (`HeadPhase`) from the classifier's `variables`
-  (None when resuming inside the phase); returns the variables after it (host)."""
+  (None when resuming inside the phase); returns the variables after it (host)
+  and what stage I recorded (restored, when resuming here)."""
   config, method = experiment.config, experiment.method
   phase, total_steps = method.head_phase, experiment.head_steps(task)
   tx = phase.optimizer(config, total_steps)
   if resume and resume['stage'] == 'head':
     like = experiment.variables_like(task.num_seen)
     state = classifier.init_train_state(like['params'], like['batch_stats'], tx, 'head')
-    state, replay_arrays = _restore_stage('head', experiment, runner, state, True)
+    state, recorded = _restore_stage('head', experiment, runner, state, True)
     logging.info('Resuming task %d head phase at step %d/%d', task.index, int(state.step),
                  total_steps)
   else:
     state = classifier.init_train_state(variables['params'], variables['batch_stats'], tx, 'head')
   step = classifier.make_replay_step(
-      experiment.model(task.num_seen), tx, phase.make_loss(experiment, task, replay_arrays, old_vars),
+      experiment.model(task.num_seen), tx,
+      phase.make_loss(experiment, task, recorded['replay'], old_vars),
       _augment_kwargs(experiment), method.teacher(experiment, task),
       method.stage_one.source(experiment, task), config.replay.single_pass, head_only=True)
-  replay_on_devices = parallel.replicate(replay_arrays)
+  recorded_on_devices = parallel.replicate(recorded)
   state, _ = runner.run(
       'head', task, step, parallel.replicate(state), total_steps, global_offset,
       config.log_every_steps,
-      (old_vars, replay_on_devices, experiment.task_key(task, keys.HEAD_PHASE_REPLAY)),
+      (old_vars, recorded_on_devices['replay'],
+       experiment.task_key(task, keys.HEAD_PHASE_REPLAY)),
       _batch_sampler(experiment, task, method_state, keys.HEAD_PHASE_ORDER, keys.HEAD_PHASE_AUGMENT),
-      {'replay': replay_on_devices})
-  return parallel.to_host({'params': state.params, 'batch_stats': state.batch_stats})
+      recorded_on_devices)
+  return parallel.to_host({'params': state.params, 'batch_stats': state.batch_stats}), recorded
 
 
 def _restore_stage(stage: str, experiment: Experiment, runner: StageRunner,
-                   state: classifier.TrainState, replays: bool) -> tuple[Any, Any]:
-  """The state of `stage` and the replay arrays saved with it (None if it replays
-  nothing) from the latest progress checkpoint; `state` gives the shapes."""
+                   state: classifier.TrainState, replays: bool) -> tuple[Any, dict | None]:
+  """The state of `stage` and what stage I recorded, saved with it (None if it
+  replays nothing), from the latest progress checkpoint; `state` gives the shapes."""
+  kind = experiment.method.stage_one
   target = {stage: parallel.to_host(state)}
   if replays:
-    target['replay'] = experiment.method.stage_one.arrays_like(experiment)
+    target['replay'] = kind.arrays_like(experiment)
+    if (carried_like := kind.carried_like(experiment)) is not None:
+      target['carried'] = carried_like
   restored = runner.checkpoints.restore_progress(target)
-  return restored[stage], restored.get('replay')
+  return restored.pop(stage), (restored if replays else None)
 
 
 def _augment_kwargs(experiment: Experiment) -> dict:
@@ -289,16 +305,17 @@ def evaluate(experiment: Experiment, task: Task, variables: dict,
   return evaluation.task_metrics(predictions, targets[seen], task.num_old, task.num_seen, bounds)
 
 
-def save_task(experiment: Experiment, task: Task, variables: dict, method_state: Any,
-              results: dict, metrics: dict, runner: StageRunner, global_step: int) -> None:
-  """The task's checkpoint, TensorBoard scalars, results.json and report.md."""
+def save_task(experiment: Experiment, task: Task, carried: Carried, results: dict,
+              metrics: dict, runner: StageRunner, global_step: int) -> None:
+  """The task's checkpoint (with what it hands to the next task), TensorBoard
+  scalars, results.json and report.md."""
   runner.writer.write_scalars(global_step, {
       'eval/accuracy': metrics['accuracy'], 'eval/new_accuracy': metrics['new_accuracy'],
       **({'eval/old_accuracy': metrics['old_accuracy']} if task.num_old else {})})
   runner.writer.flush()
-  runner.checkpoints.save_task(task.index, variables,
+  runner.checkpoints.save_task(task.index, carried.variables,
                                {'results': results, 'fingerprint': experiment.fingerprint()},
-                               method_state)
+                               carried.method_state, carried.stage_one_state)
   if parallel.is_main_process():
     write_outputs(experiment.workdir, results)
   logging.info('After task %d: accuracy %s%% (old %s, new %s); per task %s', task.index,

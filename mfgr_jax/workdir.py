@@ -94,11 +94,21 @@ def load_task0(experiment: Experiment, task: Task) -> tuple[dict, str]:
   return variables, str(source)
 
 
-def resume(experiment: Experiment, checkpoints: Checkpoints) -> tuple[dict, Any, Any, int]:
-  """(results, model variables, method state, first task to run) from the workdir's
-  checkpoints, after checking they were made with this config."""
+@dataclasses.dataclass(frozen=True)
+class Carried:
+  """What a task hands to the next, all on the host and None before task 0: the
+  model's variables, the method's state (`Method.after_task`) and stage I's
+  (`StageOne.carried_like`)."""
+  variables: dict | None = None
+  method_state: Any = None
+  stage_one_state: Any = None
+
+
+def resume(experiment: Experiment, checkpoints: Checkpoints) -> tuple[dict, Carried, int]:
+  """(results, what the last finished task handed on, first task to run) from the
+  workdir's checkpoints, after checking they were made with this config."""
   where = f'workdir {experiment.workdir}'
-  results, previous, method_state, start = new_results(experiment), None, None, 0
+  results, carried, start = new_results(experiment), Carried(), 0
   last = checkpoints.last_task()
   if last is not None:
     meta = checkpoints.task_meta(last)
@@ -106,14 +116,18 @@ def resume(experiment: Experiment, checkpoints: Checkpoints) -> tuple[dict, Any,
     task = experiment.tasks[last]
     previous, meta = checkpoints.restore_task(last, experiment.variables_like(task.num_seen))
     state_like = experiment.method.state_like(experiment, task)
-    if state_like is not None:
-      method_state = checkpoints.restore_method_state(last, state_like)
+    method_state = (checkpoints.restore_method_state(last, state_like)
+                    if state_like is not None else None)
+    stage_one_like = experiment.method.stage_one.carried_like(experiment)
+    stage_one_state = (checkpoints.restore_stage_one_state(last, stage_one_like)
+                       if stage_one_like is not None and experiment.stage_one_steps(task) else None)
+    carried = Carried(previous, method_state, stage_one_state)
     results, start = meta['results'], last + 1
     logging.info('Resuming after task %d from %s', last, experiment.workdir)
   mid_task = checkpoints.progress_meta()
   if mid_task is not None and 'fingerprint' in mid_task:  # absent in workdirs of before 2026-11
     check_fingerprint(mid_task['fingerprint'], experiment.fingerprint(), where)
-  return results, previous, method_state, start
+  return results, carried, start
 
 
 def restore_outputs(workdir: pathlib.Path, results: dict) -> None:

@@ -13,7 +13,7 @@ import pytest
 from configs import default
 from mfgr_jax import config_fields as F
 from mfgr_jax import run_config
-from mfgr_jax import experiment, train
+from mfgr_jax import experiment, methods, train
 from mfgr_jax.errors import UserError
 
 NEGATIVE_WEIGHT = [-1.0, math.nan]
@@ -62,6 +62,7 @@ HOSTILE = {
     'log_every_steps': [0],
     'checkpoint_every_steps': [0, -1],
     'generator.steps': [0],
+    'generator.sample_statistics': ['eval', True],
     'generator.batch_size': [0, -128],
     'generator.learning_rate': [0.0],
     'generator.latent_dim': [0],
@@ -250,3 +251,20 @@ def test_defaults_and_leaves_of_a_tree_of_fields():
   fields = {'a': F.positive_integer(3), 'b': {'c': F.boolean(False), 'd': {'e': F.text('x')}}}
   assert F.defaults(fields).to_dict() == {'a': 3, 'b': {'c': False, 'd': {'e': 'x'}}}
   assert list(F.leaves(fields)) == ['a', 'b.c', 'b.d.e']
+
+
+def test_an_added_field_is_left_out_of_the_fingerprint_at_its_default(smoke_config):
+  # Workdirs made before generator.sample_statistics existed still resume; a run that
+  # sets it to another value has it in its fingerprint, so theirs differ.
+  fields = {'steps': F.positive_integer(300), 'sample_statistics': F.added(
+      F.choice('batch', ('batch', 'running'))), 'weights': {'one_hot': F.number(1.0)}}
+  values = {'steps': 300, 'sample_statistics': 'batch', 'weights': {'one_hot': 1.0}}
+  assert F.fingerprint(values, fields) == {'steps': 300, 'weights': {'one_hot': 1.0}}
+  assert F.fingerprint({**values, 'sample_statistics': 'running'}, fields)[
+      'sample_statistics'] == 'running'
+  method = methods.get_method('abd')
+  before = method.fingerprint(smoke_config)
+  assert 'sample_statistics' not in before['generator']
+  smoke_config.generator.sample_statistics = 'running'
+  assert method.fingerprint(smoke_config)['generator'] == {**before['generator'],
+                                                           'sample_statistics': 'running'}

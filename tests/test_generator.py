@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mfgr_jax.models.generator import Generator, generator_features
+from mfgr_jax.models.generator import BatchStatisticsNorm, Generator, generator_features
 
 
 def test_generator_output_is_standardised_per_channel():
@@ -59,3 +59,40 @@ def test_generator_resize_is_half_pixel_bilinear_without_antialiasing():
 def test_impossible_generator_sizes_are_refused(architecture, size):
   with pytest.raises(ValueError, match='generator'):
     generator_features(architecture, 64, size)
+
+
+def test_running_statistics_follow_pytorch_and_normalise_in_eval_mode():
+  # One training call of PyTorch's BatchNorm (momentum 0.1): running mean 0.1 * the batch
+  # mean, running variance 0.9 + 0.1 * the unbiased batch variance; eval mode then
+  # normalises with them instead of the batch's.
+  x = jnp.asarray(np.random.default_rng(0).normal(2.0, 3.0, (6, 2, 2, 3)), jnp.float32)
+  norm = BatchStatisticsNorm(epsilon=1e-5, track_running=True)
+  variables = norm.init(jax.random.PRNGKey(0), x)
+  np.testing.assert_array_equal(variables['batch_stats']['mean'], np.zeros(3))
+  np.testing.assert_array_equal(variables['batch_stats']['var'], np.ones(3))
+  trained, updated = norm.apply(variables, x, mutable=['batch_stats'])
+  flat = np.asarray(x, np.float64).reshape(-1, 3)
+  mean, biased, unbiased = flat.mean(0), flat.var(0), flat.var(0, ddof=1)
+  np.testing.assert_allclose(updated['batch_stats']['mean'], 0.1 * mean, rtol=1e-5)
+  np.testing.assert_allclose(updated['batch_stats']['var'], 0.9 + 0.1 * unbiased, rtol=1e-5)
+  np.testing.assert_allclose(trained, ((flat - mean) / np.sqrt(biased + 1e-5)).reshape(x.shape),
+                             rtol=1e-4, atol=1e-5)
+  evaluated = norm.apply({**variables, **updated}, x, use_running_average=True)
+  running_mean, running_var = 0.1 * mean, 0.9 + 0.1 * unbiased
+  np.testing.assert_allclose(
+      evaluated, ((flat - running_mean) / np.sqrt(running_var + 1e-5)).reshape(x.shape),
+      rtol=1e-4, atol=1e-5)
+
+
+def test_without_running_statistics_the_generator_keeps_none():
+  generator = Generator(16, 1, latent_dim=8, hidden=8)
+  variables = generator.init(jax.random.PRNGKey(0), jnp.zeros((2, 8)))
+  assert set(variables) == {'params'}
+  with pytest.raises(ValueError, match='track_running'):
+    generator.apply(variables, jnp.zeros((2, 8)), use_running_average=True)
+  tracked = Generator(16, 1, latent_dim=8, hidden=8, track_running_statistics=True)
+  tracked_variables = tracked.init(jax.random.PRNGKey(0), jnp.zeros((2, 8)))
+  # The same parameters: tracking adds statistics and changes nothing else.
+  assert jax.tree.all(jax.tree.map(np.array_equal, tracked_variables['params'],
+                                   variables['params']))
+  assert len(jax.tree.leaves(tracked_variables['batch_stats'])) == 2 * 4  # 4 BatchNorms

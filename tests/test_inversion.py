@@ -215,3 +215,30 @@ def test_pool_targets_cycle_through_the_classes_across_batches():
                                                         2, True), train=False)
     targets = (7 * batch + jnp.arange(7)) % 3
     assert ces[batch] == pytest.approx(float(losses.cross_entropy(logits, targets)), rel=1e-5)
+
+
+def test_running_statistics_change_no_training_step_and_follow_the_batch():
+  # Tracking running statistics adds them to the state; the training forward pass (batch
+  # statistics) and so the parameters are bitwise those of the generator without them.
+  teacher, teacher_vars, generator, config = _tiny_stage_one()
+  tracked = Generator(16, 1, latent_dim=8, hidden=8, axis_name=parallel.AXIS,
+                      track_running_statistics=True)
+  tx = optax.adam(0.01)
+  states, steps = [], []
+  for each in (generator, tracked):
+    states.append(parallel.replicate(inversion.init_state(each, jax.random.PRNGKey(2), tx)))
+    steps.append(inversion.make_generator_step(each, teacher, tx, config, MFGR_TERMS))
+  for i in range(2):
+    for j in range(2):
+      states[j], _ = steps[j](states[j], parallel.replicate(teacher_vars), jax.random.PRNGKey(3))
+  plain, with_stats = parallel.to_host(states[0]), parallel.to_host(states[1])
+  assert plain.batch_stats is None
+  assert jax.tree.all(jax.tree.map(np.array_equal, plain.params, with_stats.params))
+  means = [np.asarray(v) for v in jax.tree.leaves(with_stats.batch_stats)]
+  assert all(np.all(np.isfinite(m)) for m in means) and any(np.any(m != 0) for m in means)
+  # Sampling with them differs from sampling with the batch's statistics.
+  sample = inversion.make_sampler(tracked, 16)
+  key = jax.random.PRNGKey(4)
+  running = sample(parallel.replicate(with_stats.variables()), key)
+  batch = inversion.make_sampler(generator, 16)(parallel.replicate(plain.variables()), key)
+  assert np.all(np.isfinite(running)) and not np.allclose(running, batch)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from mfgr_jax import parallel
@@ -29,6 +30,7 @@ class RecordingRunner:
 
   def run_to_end(self, stage, state, step, arguments, log_every):
     self.runs.append((stage, step, arguments, log_every))
+    self.started_from = state
     return parallel.replicate(state), None
 
   def write_images(self, stage, grid):
@@ -65,7 +67,9 @@ def test_record_runs_its_stage_through_the_loop_s_runner(smoke_config, tmp_path,
   experiment = build_experiment(smoke_config, tmp_path)
   runner = RecordingRunner()
   task = experiment.tasks[1]
-  replay_arrays, throughput = kind.record(experiment, task, 'old variables', runner)
+  replay_arrays, throughput, carried = kind.record(experiment, task, 'old variables', runner,
+                                                   None)
+  assert carried is None  # neither carries anything by default
   [(ran, step, arguments, every)] = runner.runs
   assert ran == stage and callable(step) and every == smoke_config[log_every].log_every_steps
   assert arguments[0] == 'old variables'  # the frozen old model, then the stage's key
@@ -76,6 +80,28 @@ def test_record_runs_its_stage_through_the_loop_s_runner(smoke_config, tmp_path,
           [x.shape for x in jax.tree.leaves(like)])
   assert list(throughput) == [f'{stage}_images_per_second'] and throughput[
       f'{stage}_images_per_second'] is None  # no step was timed
+
+
+def test_a_warm_started_generator_goes_on_from_the_previous_task_s(smoke_config, tmp_path):
+  smoke_config.generator.warm_start = True
+  smoke_config.generator.sample_statistics = 'running'
+  experiment = build_experiment(smoke_config, tmp_path)
+  kind = stage_one.generator(ABD_TERMS, loss_section='abd')
+  first, second = RecordingRunner(), RecordingRunner()
+  _, _, carried = kind.record(experiment, experiment.tasks[1], None, first, None)
+  like = kind.carried_like(experiment)  # the target that restores it from a checkpoint
+  assert jax.tree.structure(carried) == jax.tree.structure(like)
+  trained = jax.tree.map(lambda x: x + 1, carried)  # as if stage I had moved it
+  trained['generator'] = trained['generator'].replace(step=np.int32(40))
+  kind.record(experiment, experiment.tasks[2], None, second, trained)
+  started = second.started_from
+  assert int(started.step) == 0  # this task's steps; Adam's count in opt_state goes on
+  for got, want in ((started.params, trained['generator'].params),
+                    (started.opt_state, trained['generator'].opt_state),
+                    (started.batch_stats, trained['generator'].batch_stats)):
+    assert jax.tree.all(jax.tree.map(np.array_equal, got, want))
+  smoke_config.generator.warm_start = False
+  assert kind.carried_like(build_experiment(smoke_config, tmp_path)) is None
 
 
 def test_the_generator_s_checks_are_one_line(smoke_config):

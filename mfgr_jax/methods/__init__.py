@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from mfgr_jax import classifier
+from mfgr_jax import config_fields
 from mfgr_jax import losses
 from mfgr_jax import stage_one as stage_one_kinds
 from mfgr_jax.errors import UserError
@@ -180,9 +181,12 @@ class Method:
     return self.make_loss(task, config) if task.num_old else cross_entropy_loss
 
   def fingerprint(self, config: ml_collections.ConfigDict) -> dict:
-    """The method's part of the checkpoint fingerprint: its name and its sections."""
+    """The method's part of the checkpoint fingerprint: its name and its sections
+    (`config_fields.fingerprint`)."""
     sections = (self.stage_one.section,) + self.sections if self.stage_one.section else self.sections
-    return {'method': self.name, **{s: config[s].to_dict() for s in sections}}
+    fields = config_sections()
+    return {'method': self.name,
+            **{s: config_fields.fingerprint(config[s].to_dict(), fields[s]) for s in sections}}
 
 
 # The entry-point group under which another distribution declares its method

@@ -6,10 +6,13 @@ conv3x3 -> tanh -> affine-free BN. The start map is image_size/4, so the same
 module gives 28x28 (Fashion-MNIST), 32x32 (CIFAR, `Generator32`) and 64x64;
 the 'pyramid' architecture stacks more blocks for 128 and 256 pixels.
 
-Every BatchNorm normalises with the statistics of the current batch, in
-training and when sampling for replay (the official code never calls
-`generator.eval()`), so the generator has no running statistics at all. Under
-data parallelism the statistics are those of the global batch.
+By default every BatchNorm normalises with the statistics of the current batch,
+in training and when sampling for replay (MFGR's code never calls
+`generator.eval()`), and the generator has no running statistics. With
+`track_running_statistics` it also keeps PyTorch's running statistics and, called
+with `use_running_average=True`, normalises with them: a generator sampled in
+eval mode, as ABD's and R-DFCIL's code sample theirs. Under data parallelism the
+batch statistics are those of the global batch.
 """
 
 import flax.linen as nn
@@ -21,19 +24,43 @@ from mfgr_jax.models.layers import Linear, torch_bias_init, torch_kernel_init
 
 
 class BatchStatisticsNorm(nn.Module):
-  """BatchNorm that always uses the (global) batch's mean and biased variance."""
+  """BatchNorm that normalises with the (global) batch's mean and biased variance.
+
+  With `track_running` it also keeps running statistics as PyTorch's BatchNorm
+  does (collection `batch_stats`: mean from 0, variance from 1, each step moved by
+  `momentum` towards the batch's, the variance unbiased), and normalises with
+  them when called with `use_running_average=True`.
+  """
   epsilon: float = 1e-5
   affine: bool = True
   axis_name: str | None = None
+  track_running: bool = False
+  momentum: float = 0.1  # PyTorch's convention: the weight of the new batch
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, use_running_average: bool = False) -> jax.Array:
     axes = tuple(range(x.ndim - 1))
-    moments = (jnp.mean(x, axes), jnp.mean(jnp.square(x), axes))
-    if self.axis_name is not None and not self.is_initializing():
-      moments = jax.lax.pmean(moments, self.axis_name)
-    mean, mean_square = moments
-    x = (x - mean) * jax.lax.rsqrt(jnp.maximum(mean_square - jnp.square(mean), 0.0) + self.epsilon)
+    if self.track_running:
+      running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (x.shape[-1],), jnp.float32)
+      running_var = self.variable('batch_stats', 'var', jnp.ones, (x.shape[-1],), jnp.float32)
+    elif use_running_average:
+      raise ValueError('use_running_average needs a BatchStatisticsNorm with track_running')
+    if use_running_average:
+      mean, var = running_mean.value, running_var.value
+    else:
+      moments = (jnp.mean(x, axes), jnp.mean(jnp.square(x), axes))
+      if self.axis_name is not None and not self.is_initializing():
+        moments = jax.lax.pmean(moments, self.axis_name)
+      mean, mean_square = moments
+      var = jnp.maximum(mean_square - jnp.square(mean), 0.0)
+      if self.track_running and not self.is_initializing():
+        count = x.size // x.shape[-1]
+        if self.axis_name is not None:
+          count = count * jax.lax.psum(1, self.axis_name)
+        running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
+        running_var.value = ((1 - self.momentum) * running_var.value +
+                             self.momentum * var * count / jnp.maximum(count - 1, 1))
+    x = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
     if self.affine:
       x = x * self.param('scale', nn.initializers.ones, (x.shape[-1],))
       x = x + self.param('bias', nn.initializers.zeros, (x.shape[-1],))
@@ -81,9 +108,10 @@ class Generator(nn.Module):
   architecture: str = 'dafl'
   output_size: int = 0
   axis_name: str | None = None
+  track_running_statistics: bool = False
 
   @nn.compact
-  def __call__(self, z: jax.Array) -> jax.Array:
+  def __call__(self, z: jax.Array, use_running_average: bool = False) -> jax.Array:
     features = generator_features(self.architecture, self.hidden, self.image_size)
     start = self.image_size // 2**len(features)
 
@@ -91,7 +119,8 @@ class Generator(nn.Module):
       return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=torch_kernel_init,
                      bias_init=torch_bias_init(9 * x.shape[-1]))(x)
 
-    norm = lambda eps, x, affine=True: BatchStatisticsNorm(eps, affine, self.axis_name)(x)
+    norm = lambda eps, x, affine=True: BatchStatisticsNorm(
+        eps, affine, self.axis_name, self.track_running_statistics)(x, use_running_average)
     x = Linear(features[0] * start * start)(z).reshape(-1, start, start, features[0])
     x = norm(1e-5, x)
     for block_features in features:

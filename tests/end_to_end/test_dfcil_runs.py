@@ -4,7 +4,8 @@ first two tasks): what they write, and resuming after kill -9 inside stage I and
 
 Schedule (global steps), checkpoints every 10 steps of a stage: task 0
 classifier 1-18; task 1 generator 19-58, classifier 59-76, then R-DFCIL's head
-phase 77-166 (5 x the classifier's 18 steps, long enough to be killed in).
+phase 77-166 (5 x the classifier's 18 steps, long enough to be killed in); ABD
+with a warm-started generator also runs task 2: generator 77-116, classifier 117-134.
 """
 
 import pytest
@@ -16,6 +17,11 @@ COMMON = (f'--config={SMOKE}', '--config.scenario.num_tasks=2', '--config.genera
           '--config.checkpoint_every_steps=10')
 ABD = COMMON + ('--config.method=abd', '--config.replay.single_pass=True')
 RDFCIL = COMMON + ('--config.method=rdfcil', '--config.rdfcil.head_phase_fraction=5')
+# ABD sampling its generator as its code does: BatchNorm with running statistics.
+ABD_RUNNING = ABD + ('--config.generator.sample_statistics=running',)
+# And with its code's one generator for the whole run, over three tasks: task 2's
+# stage I (global steps 77-116) goes on from task 1's.
+ABD_WARM = ABD_RUNNING + ('--config.generator.warm_start=True', '--config.scenario.num_tasks=3')
 
 
 @pytest.fixture(scope='module')
@@ -68,3 +74,31 @@ def test_rdfcil_killed_in_stage_one_then_in_its_head_phase_resumes_identically(t
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert 'Resuming task 1 head phase at step' in rerun.stderr
   assert comparable(load_results(tmp_path)) == comparable(load_results(rdfcil_run))
+
+
+def test_abd_sampling_with_running_statistics_resumes_identically_in_both_stages(
+    tmp_path, tmp_path_factory, abd_run):
+  uninterrupted = finished_run(tmp_path_factory, 'abd_running', *ABD_RUNNING)
+  # Stage II replays through the running statistics: other losses than batch statistics.
+  assert scalars(uninterrupted, 'classifier/head_ce') != scalars(abd_run, 'classifier/head_ce')
+  signal_after_checkpoint(tmp_path, 28, 38, *ABD_RUNNING)  # in stage I
+  _, stderr = signal_after_checkpoint(tmp_path, 60, 70, *ABD_RUNNING)  # in stage II
+  assert 'Resuming task 1 generator at step' in stderr
+  rerun = run_main(f'--workdir={tmp_path}', *ABD_RUNNING)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert 'Resuming task 1 at step' in rerun.stderr
+  assert comparable(load_results(tmp_path)) == comparable(load_results(uninterrupted))
+
+
+def test_a_warm_started_generator_resumes_identically_after_kills(tmp_path, tmp_path_factory):
+  uninterrupted = finished_run(tmp_path_factory, 'abd_warm', *ABD_WARM)
+  assert len(load_results(uninterrupted)['accuracy']) == 3
+  # Killed in task 1's stage II (the generator's state is in that checkpoint), then in
+  # task 2's stage I (its start came from task 1's checkpoint).
+  signal_after_checkpoint(tmp_path, 60, 70, *ABD_WARM)
+  _, stderr = signal_after_checkpoint(tmp_path, 80, 100, *ABD_WARM)
+  assert 'Resuming task 1 at step' in stderr
+  rerun = run_main(f'--workdir={tmp_path}', *ABD_WARM)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert 'Resuming task 2 generator at step' in rerun.stderr
+  assert comparable(load_results(tmp_path)) == comparable(load_results(uninterrupted))
