@@ -112,6 +112,17 @@ def fingerprint(values: Mapping[str, Any], fields: Fields) -> dict:
   return kept
 
 
+def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """The leaves of a nested mapping by dotted path: {'train.epochs': 3, ...}."""
+  flat = {}
+  for name, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(flatten(value, f'{prefix}{name}.'))
+    else:
+      flat[prefix + name] = value
+  return flat
+
+
 def defaults(fields: Fields) -> ml_collections.ConfigDict:
   """The config of the fields' defaults."""
   return ml_collections.ConfigDict(
@@ -141,7 +152,8 @@ def _problems(config: Any, fields: Fields, source: str, prefix: str = '') -> lis
     elif isinstance(field, Field):
       value = config[name]
       if not field.accepts(value):
-        problems.append(f'{path}={value!r} is not allowed: it must be {field.allowed}; fix '
+        shown = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+        problems.append(f'{path}={shown!r} is not allowed: it must be {field.allowed}; fix '
                         f'--config.{path}')
     elif not isinstance(config[name], (ml_collections.ConfigDict, dict)):
       problems.append(f'{path}={config[name]!r} must be a section with the fields '

@@ -154,6 +154,10 @@ def check_config(config: ml_collections.ConfigDict, source: str = 'the config') 
   returns the method. Raises a one-line `UserError` (`source` names the config)."""
   config_fields.check(config, run_config.get_fields(), source)
   method = get_method(config.method)
+  if config.method in config.per_method:
+    raise UserError(f'{source} has settings for {config.method} in per_method that were not '
+                    'applied; run it through python -m mfgr_jax.main, or apply them with '
+                    'mfgr_jax.run_config.with_method_settings(config) first')
   parallel.check_divisible(config.train.batch_size, 'train.batch_size')
   parallel.check_divisible(config.eval_batch_size, 'eval_batch_size')
   planned_tasks(config)

@@ -31,6 +31,7 @@ from mfgr_jax.errors import UserError, first_line
 
 with console.native_logs_hidden():  # they import TensorFlow
   from mfgr_jax import parallel
+  from mfgr_jax import run_config
   from mfgr_jax import train
   from mfgr_jax.experiment import check_config
 
@@ -137,6 +138,11 @@ def main(argv: list[str]) -> None:
   console.install(verbose=flags.FLAGS.verbosity >= 1)
   sys.unraisablehook = _quiet_closed_event_loops
   config = _load_config()
+  try:
+    config, applied = run_config.with_method_settings(
+        config, config_flags.get_override_values(flags.FLAGS['config']))
+  except UserError as e:
+    _fail(str(e))
   explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if any(v is not None for v in explicit) and any(v is None for v in explicit):
     _fail('a multi-process run needs all of --coordinator_address, --num_processes and '
@@ -151,6 +157,8 @@ def main(argv: list[str]) -> None:
                                               config.method, config.seed)
   logging.info('JAX process %d of %d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
+  if applied:
+    logging.info('%s with the settings the config gives it: %s', config.method, ', '.join(applied))
   if parallel.is_main_process():
     print(f'mfgr_jax: workdir {pathlib.Path(workdir).absolute()}', flush=True)
   try:

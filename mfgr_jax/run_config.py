@@ -8,13 +8,25 @@ checks its whole config against these rules before it loads data or compiles
 anything (`experiment.check_config`).
 """
 
+from typing import Any, Collection
+
 import ml_collections
 
 from mfgr_jax import classifier
 from mfgr_jax import config_fields as F
 from mfgr_jax import methods
 from mfgr_jax.data.loading import DATASETS
+from mfgr_jax.errors import UserError
 from mfgr_jax.models.resnet import COMPUTE_DTYPES, STAGE_BLOCKS, STEMS
+
+
+def _settings_by_method(value: Any) -> bool:
+  def plain(tree: Any) -> bool:
+    return isinstance(tree, (dict, ml_collections.ConfigDict)) and all(
+        plain(v) if isinstance(v, (dict, ml_collections.ConfigDict)) else
+        isinstance(v, (bool, int, float, str)) for v in tree.values())
+  return plain(value) and all(isinstance(block, (dict, ml_collections.ConfigDict))
+                              for block in value.values())
 
 
 def _milestones(spec: str) -> bool:
@@ -94,7 +106,13 @@ def get_fields() -> dict:
       # skipped_steps) and goes on.
       on_nonfinite=F.choice('stop', ('stop', 'skip')),
       log_every_steps=F.positive_integer(50),
-      checkpoint_every_steps=F.positive_integer(200))
+      checkpoint_every_steps=F.positive_integer(200),
+      # Settings a config file gives a method when the run uses it (e.g. the paper
+      # configs give abd and rdfcil their official code's): {method: {section:
+      # {field: value}}}. The command line applies the run's method's block, except
+      # the fields it overrides itself (`with_method_settings`).
+      per_method=F.Field({}, 'a mapping {method: {section: {field: value}}}',
+                         _settings_by_method))
   # Every method's and stage I's own sections (distillation, lwm, ewc, mas, icarl,
   # muc, generator, deepinversion, replay, abd, rdfcil), with their rules, defaults
   # and documentation, live with the method: the `CONFIG` of each module under
@@ -105,3 +123,30 @@ def get_fields() -> dict:
 
 def get_config() -> ml_collections.ConfigDict:
   return F.defaults(get_fields())
+
+
+def with_method_settings(config: ml_collections.ConfigDict, explicit: Collection[str] = ()
+                         ) -> tuple[ml_collections.ConfigDict, list[str]]:
+  """`config` with the block `per_method[config.method]` applied, except the fields
+  named in `explicit` (dotted paths a user set on the command line, which win),
+  and `per_method` emptied; and the settings applied, as 'path=value'. Raises a
+  one-line `UserError` for a block that names no field of the config."""
+  if not _settings_by_method(config.get('per_method')) or config.method not in config.per_method:
+    return config, []  # nothing to apply (a malformed per_method is refused by the check)
+  block = config.per_method[config.method].to_dict()
+  config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
+  applied = []
+  for path, value in F.flatten(block).items():
+    if path in explicit:
+      continue
+    section, _, name = path.rpartition('.')
+    target = config
+    for part in filter(None, section.split('.')):
+      target = target.get(part) if isinstance(target, ml_collections.ConfigDict) else None
+    if not isinstance(target, ml_collections.ConfigDict) or name not in target:
+      raise UserError(f'per_method.{config.method}.{path} is not a field of the config; fix '
+                      "the config file's per_method block")
+    target[name] = value
+    applied.append(f'{path}={value!r}')
+  config.per_method = {}
+  return config, applied

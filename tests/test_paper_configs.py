@@ -16,8 +16,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from mfgr_jax import train
+from mfgr_jax import run_config, train
 from mfgr_jax.experiment import build_experiment, check_config
+from mfgr_jax.errors import UserError
 from mfgr_jax.methods import get_method
 
 import archives
@@ -146,6 +147,7 @@ def test_every_setting_accepts_the_data_free_peers(setting, method):
   for arg in (None, 'debug'):
     config = _config(setting, arg)
     config.method = method
+    config, _ = run_config.with_method_settings(config)
     assert check_config(config) is get_method(method)
 
 
@@ -156,5 +158,52 @@ def test_every_setting_accepts_the_data_free_peers(setting, method):
 def test_data_free_baselines_run_at_debug_size(method, data_dirs, tmp_path):
   config = _debug_config('cifar100_5phase', data_dirs)
   config.method = method
+  config, _ = run_config.with_method_settings(config)  # as the command line does
   results = train.run(config, str(tmp_path))
   assert results['method'] == method and len(results['accuracy']) == 2
+
+
+@pytest.mark.parametrize('setting', ['cifar100_5phase', 'tinyimagenet_10phase'])
+def test_abd_and_rdfcil_get_their_official_code_s_settings(setting):
+  for method, weight_decay in (('abd', 2e-4),
+                               ('rdfcil', 5e-4 if setting.startswith('cifar') else 2e-4)):
+    config = _config(setting)
+    config.method = method
+    config, applied = run_config.with_method_settings(config, explicit={'generator.steps'})
+    assert config.train.weight_decay == weight_decay and config.train.schedule == 'multistep'
+    assert config.replay.generated_batch_size == config.generator.batch_size == 128
+    assert config.generator.learning_rate == 1e-3
+    assert config.generator.sample_statistics == 'running'
+    assert config.generator.warm_start == (method == 'abd')
+    assert config.replay.single_pass == (method == 'abd')
+    assert (config.train.epochs, config.train.milestones) == (
+        (250, '100,150,200') if method == 'abd' else (160, '80,120'))
+    assert config.generator.steps == 60_000  # given explicitly: the command line's value stays
+    assert 'generator.steps=10000' not in applied and f'train.weight_decay={weight_decay!r}' in applied
+    assert not config.per_method and check_config(config) is get_method(method)
+  config = _config(setting)
+  config.method = 'mfgr'  # no block of its own: the paper's shared settings
+  assert run_config.with_method_settings(config)[0].train.to_dict() == config.train.to_dict()
+
+
+def test_an_unapplied_block_of_the_run_s_method_is_refused():
+  config = _config('cifar100_5phase')
+  config.method = 'abd'
+  with pytest.raises(UserError, match='settings for abd in per_method that were not applied'):
+    check_config(config)
+
+
+def test_the_command_line_applies_the_method_s_block_and_its_own_overrides_win(data_dirs,
+                                                                               tmp_path):
+  proc = run_main(f'--config={REPO}/configs/cifar100_5phase.py:debug', f'--workdir={tmp_path}',
+                  f'--config.data.manual_dir={data_dirs["manual_dir"]}',
+                  f'--config.data.data_dir={data_dirs["data_dir"]}', '--config.data.download=False',
+                  '--config.method=abd', '--config.train.weight_decay=0.001',
+                  '--config.scenario.num_tasks=1')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'abd with the settings the config gives it: ' in proc.stderr
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert saved['train']['weight_decay'] == 0.001  # the command line's
+  assert (saved['train']['schedule'], saved['train']['milestones']) == ('multistep', '100,150,200')
+  assert saved['generator']['warm_start'] and saved['replay']['single_pass']
+  assert saved['per_method'] == {}
