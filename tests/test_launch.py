@@ -126,3 +126,26 @@ def test_stage_swap_installs_its_plugin_runs_the_four_cells_and_reports_them(tmp
   runs = [pathlib.Path(arg).name for arg in itertools.takewhile(
       lambda arg: not arg.startswith('-'), report[2:])]
   assert runs == ['mfgr-seed0', 'abd_generator_mfgr_replay-seed0', 'abd-seed0']
+
+
+def test_official_code_options_runs_both_variants_from_the_kept_task0_model(tmp_path):
+  _keep(tmp_path, 'defaults/abd-seed0', 'code_generator/rdfcil-seed0', 'defaults/mfgr-seed0')
+  process, (defaults, code_generator, report) = _launch(
+      tmp_path, script=REPO / 'launch' / 'official_code_options.sh')
+  assert process.returncode == 0, process.stderr
+  for variant, study in (('defaults', defaults), ('code_generator', code_generator)):
+    assert _flag(study, 'config') == 'configs/fashion_finegrained.py:full'
+    assert _flag(study, 'methods') == 'abd,rdfcil' and _flag(study, 'seeds') == '0'
+    assert _flag(study, 'keep') == str(tmp_path / 'out' / 'runs' / variant)
+    # Each variant's runs start from the full-budget study's kept task-0 model.
+    assert (tmp_path / 'out' / 'runs' / variant / 'task0-seed0' / 'results.json').is_file()
+  method_args = lambda study: [a.partition('=')[2] for a in study if a.startswith('--method_args=')]
+  assert method_args(defaults) == ['abd=--config.replay.single_pass=True']
+  assert method_args(code_generator) == [
+      'abd=--config.replay.single_pass=True', 'abd=--config.generator.warm_start=True',
+      'abd=--config.generator.sample_statistics=running',
+      'abd=--config.generator.learning_rate=0.001',
+      'rdfcil=--config.generator.sample_statistics=running']
+  runs = [str(pathlib.Path(arg).relative_to(tmp_path / 'out' / 'runs')) for arg in
+          itertools.takewhile(lambda arg: not arg.startswith('-'), report[2:])]
+  assert runs == ['defaults/abd-seed0', 'code_generator/rdfcil-seed0']
