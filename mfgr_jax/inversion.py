@@ -43,13 +43,21 @@ class GeneratorState:
   step: jax.Array
   params: Any
   opt_state: Any
-  # The generator's running BatchNorm statistics, with `track_running_statistics`.
+
+  def variables(self) -> dict:
+    """What `Generator.apply` takes."""
+    return {'params': self.params}
+
+
+@flax.struct.dataclass
+class RunningGeneratorState(GeneratorState):
+  """The state of a generator with `track_running_statistics`: also its running
+  BatchNorm statistics. (A class of its own, so that `GeneratorState` and the
+  checkpoints that hold it keep their layout.)"""
   batch_stats: Any = None
 
   def variables(self) -> dict:
-    """What `Generator.apply` takes: its parameters and running statistics, if any."""
-    return ({'params': self.params} if self.batch_stats is None else
-            {'params': self.params, 'batch_stats': self.batch_stats})
+    return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -68,9 +76,11 @@ def _initial_variables(generator: nn.Module, key: jax.Array) -> dict:
 def init_state(generator: nn.Module, key: jax.Array,
                tx: optax.GradientTransformation) -> GeneratorState:
   variables = _initial_variables(generator, key)
-  params = variables['params']
-  return GeneratorState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                        batch_stats=variables.get('batch_stats'))
+  params, step = variables['params'], jnp.zeros((), jnp.int32)
+  if 'batch_stats' in variables:
+    return RunningGeneratorState(step=step, params=params, opt_state=tx.init(params),
+                                 batch_stats=variables['batch_stats'])
+  return GeneratorState(step=step, params=params, opt_state=tx.init(params))
 
 
 def inversion_loss_terms(teacher: nn.Module, teacher_vars: Any, images: jax.Array,
@@ -144,8 +154,8 @@ def make_generator_step(generator: nn.Module, teacher: nn.Module, tx: optax.Grad
 
   `key` is the stage's key; the step's noise and diversity pairs come from
   `fold_in(key, state.step)`. A generator with `track_running_statistics` updates
-  its running statistics (`state.batch_stats`) at every step. Metrics hold every active term (unweighted), the
-  weighted total, the entropy (nats) of the mean prediction and the histogram
+  its running statistics (`RunningGeneratorState.batch_stats`) at every step.
+  Metrics hold every active term (unweighted), the weighted total, the entropy (nats) of the mean prediction and the histogram
   of the teacher's argmax classes (`class_counts`).
   """
   unknown = set(terms) - set(GENERATOR_TERMS)
@@ -154,8 +164,10 @@ def make_generator_step(generator: nn.Module, teacher: nn.Module, tx: optax.Grad
   weights = {t: (config.weights if weights is None else weights)[t] for t in terms}
 
   def per_device(state, teacher_vars, z, pair_key):
+    running = isinstance(state, RunningGeneratorState)
+
     def loss_fn(params):
-      if state.batch_stats is None:
+      if not running:
         images, batch_stats = generator.apply({'params': params}, z), None
       else:
         images, updated = generator.apply({'params': params, 'batch_stats': state.batch_stats},
@@ -171,9 +183,10 @@ def make_generator_step(generator: nn.Module, teacher: nn.Module, tx: optax.Grad
         parallel.per_device(state.params))
     grads, metrics = parallel.pmean((grads, metrics))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = GeneratorState(step=state.step + 1,
-                               params=optax.apply_updates(state.params, updates),
-                               opt_state=opt_state, batch_stats=batch_stats)
+    new_state = state.replace(step=state.step + 1,
+                              params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state,
+                              **({'batch_stats': batch_stats} if running else {}))
     return numerics.guard(numerics.all_finite((grads, metrics, new_state.params)), new_state,
                           state, metrics)
 

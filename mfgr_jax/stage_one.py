@@ -215,7 +215,7 @@ def _record_with_generator(terms: tuple[str, ...], loss_section: str, experiment
 def _replay_arrays(state: inversion.GeneratorState) -> Any:
   """The generator's parameters, or with running statistics its variables
   (`classifier.generator_source`)."""
-  return state.params if state.batch_stats is None else state.variables()
+  return state.variables() if isinstance(state, inversion.RunningGeneratorState) else state.params
 
 
 def _generator_source(experiment: Experiment, task: Task) -> classifier.ReplaySource:
