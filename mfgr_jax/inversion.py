@@ -155,8 +155,9 @@ def make_generator_step(generator: nn.Module, teacher: nn.Module, tx: optax.Grad
   `key` is the stage's key; the step's noise and diversity pairs come from
   `fold_in(key, state.step)`. A generator with `track_running_statistics` updates
   its running statistics (`RunningGeneratorState.batch_stats`) at every step.
-  Metrics hold every active term (unweighted), the weighted total, the entropy (nats) of the mean prediction and the histogram
-  of the teacher's argmax classes (`class_counts`).
+  Metrics hold every active term (unweighted), the weighted total, the entropy
+  (nats) of the mean prediction and the histogram of the teacher's argmax classes
+  (`class_counts`).
   """
   unknown = set(terms) - set(GENERATOR_TERMS)
   if unknown:
