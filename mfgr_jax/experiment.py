@@ -16,6 +16,7 @@ from mfgr_jax import config_fields
 from mfgr_jax import keys
 from mfgr_jax import parallel
 from mfgr_jax import run_config
+from mfgr_jax import sizes
 from mfgr_jax.data.loading import Dataset, check_one_image_size, load_dataset, num_classes
 from mfgr_jax.data.loading import subsample_per_class
 from mfgr_jax.errors import UserError
@@ -173,6 +174,7 @@ def check_config(config: ml_collections.ConfigDict, source: str = 'the config') 
                     ' point it at the workdir of a run that finished task 0, or set it to \'\'')
   method.stage_one.check_config(config)
   method.check_config(config)
+  sizes.check_config(config, method.stage_one.section)
   return method
 
 

@@ -212,6 +212,8 @@ def run_study(config: str, methods: Sequence[str], seeds: Sequence[int], keep: p
       kept_runs.append(kept)
       if method not in pending:
         logging.info('study: %s is kept already; skipped', kept)
+        if commit:  # a study killed between keeping a run and committing it
+          _commit(kept)
         continue
       start = time.time()
       workdir = workdirs / f'seed{seed}' / method

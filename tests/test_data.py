@@ -1,5 +1,14 @@
 """Loaders on miniature files in the official formats, written by the tests."""
 
+import fcntl
+import logging as std_logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+
 import jax
 import ml_collections
 import numpy as np
@@ -79,6 +88,104 @@ def test_fashion_mnist_malformed_files_give_one_line_error(tmp_path):
   with pytest.raises(UserError, match=r'preparing fashion_mnist_idx from files in .* failed') as e:
     load_dataset(_data_config('fashion_mnist', tmp_path))
   assert '\n' not in str(e.value)
+
+
+# A run killed while preparing, at each point: before TFDS starts (the dataset's
+# folder made, nothing in it), during (TFDS's incomplete.* folder half written),
+# and after the version folder is complete (killed before the run used it).
+# `{kill}` is where the child process SIGKILLs itself.
+_KILLED_PREPARATION = """
+import os, signal, sys
+import ml_collections
+import tensorflow_datasets as tfds
+from mfgr_jax.data import builders, loading
+die = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+point = sys.argv[1]
+if point == 'before':
+  tfds.core.DatasetBuilder.download_and_prepare = die
+elif point == 'during':
+  generate = builders.FashionMnistIdx._generate_examples
+  def half_then_die(self, *args, **kwargs):
+    for i, example in enumerate(generate(self, *args, **kwargs)):
+      if i == 12:
+        die()
+      yield example
+  builders.FashionMnistIdx._generate_examples = half_then_die
+else:
+  tfds.core.DatasetBuilder._log_download_done = die
+loading.load_dataset(ml_collections.ConfigDict(dict(
+    name='fashion_mnist', data_dir=sys.argv[2], manual_dir=sys.argv[3], download=False,
+    image_size=0)))
+"""
+
+
+def _examples(dataset):
+  return [sorted((int(l), i.tobytes()) for i, l in zip(images, labels)) for images, labels in
+          [(dataset.train_images, dataset.train_labels),
+           (dataset.test_images, dataset.test_labels)]]
+
+
+@pytest.mark.parametrize('point', ['before', 'during', 'after'])
+def test_a_run_killed_while_preparing_data_leaves_nothing_the_rerun_trips_on(tmp_path, point):
+  _write_fashion(tmp_path / 'manual')
+  killed = subprocess.run([sys.executable, '-c', _KILLED_PREPARATION, point,
+                           str(tmp_path / 'tfds'), str(tmp_path / 'manual')],
+                          capture_output=True, text=True)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  left = tmp_path / 'tfds' / 'fashion_mnist_idx'
+  version = left / '1.0.0'
+  assert left.is_dir()
+  assert list(left.glob('incomplete.*')) if point == 'during' else True
+  complete_before = {f.name: f.stat().st_mtime_ns for f in version.iterdir()} if point == 'after' else None
+  rerun = load_dataset(_data_config('fashion_mnist', tmp_path))
+  clean = load_dataset(_data_config('fashion_mnist', tmp_path, data_dir=str(tmp_path / 'clean')))
+  assert _examples(rerun) == _examples(clean)
+  assert not list(left.glob('incomplete.*'))
+  if complete_before is not None:  # a complete folder is used as it is
+    assert {f.name: f.stat().st_mtime_ns for f in version.iterdir()} == complete_before
+
+
+@pytest.mark.parametrize('damage', ['empty', 'a shard missing'])
+def test_a_version_folder_without_all_its_files_is_prepared_again(tmp_path, damage):
+  """TFDS would "reuse" an empty version folder (and fail reading it), or one a copy
+  to a store without atomic renames cut short."""
+  _write_fashion(tmp_path / 'manual')
+  version = tmp_path / 'tfds' / 'fashion_mnist_idx' / '1.0.0'
+  if damage == 'empty':
+    version.mkdir(parents=True)
+  else:
+    load_dataset(_data_config('fashion_mnist', tmp_path))
+    next(version.glob('*-train.tfrecord*')).unlink()
+  assert _examples(load_dataset(_data_config('fashion_mnist', tmp_path))) == _examples(
+      load_dataset(_data_config('fashion_mnist', tmp_path, data_dir=str(tmp_path / 'clean'))))
+
+
+def test_a_second_run_waits_for_the_one_preparing_the_same_data(tmp_path):
+  _write_fashion(tmp_path / 'manual')
+  folder = tmp_path / 'tfds' / 'fashion_mnist_idx'
+  folder.mkdir(parents=True)
+  held = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+  fcntl.flock(held, fcntl.LOCK_EX)  # another run preparing
+  loaded = []
+  waiting = threading.Thread(target=lambda: loaded.append(
+      load_dataset(_data_config('fashion_mnist', tmp_path))))
+  waiting.start()
+  waiting.join(timeout=3)
+  assert waiting.is_alive() and not (folder / '1.0.0').exists()
+  os.close(held)
+  waiting.join(timeout=120)
+  assert len(loaded) == 1 and loaded[0].train_images.shape == (30, 28, 28, 1)
+
+
+def test_preparing_prints_our_lines_only(tmp_path, capfd, caplog):
+  _write_fashion(tmp_path / 'manual')
+  with caplog.at_level(std_logging.INFO):
+    load_dataset(_data_config('fashion_mnist', tmp_path))
+  lines = [record.getMessage() for record in caplog.records]
+  out, err = capfd.readouterr()
+  assert out == '' and 'Generating' not in err and 'Variant folder' not in err
+  assert any(line.startswith('Preparing fashion_mnist_idx from files in') for line in lines)
+  assert any(re.fullmatch(r'Prepared fashion_mnist_idx in \d+ s', line) for line in lines)
 
 
 def test_missing_data_says_where_it_looked_and_how_to_fix(tmp_path):

@@ -78,6 +78,15 @@ def _write_run(folder, accuracy, num_tasks=0):
                                                    'accuracy': accuracy}))
 
 
+def test_a_run_kept_but_not_committed_is_committed_by_the_next_study(repo, tmp_path, monkeypatch):
+  """The study killed after copying a finished run and before committing it."""
+  _write_run(repo / 'runs' / 'finetune-seed0', [90.0, 80.0])
+  monkeypatch.setattr(study, 'run_main', lambda *a: pytest.fail(f'ran {a}'))
+  study.run_study(SMOKE, ['finetune'], [0], repo / 'runs', tmp_path / 'workdirs', {}, SHORT,
+                  commit=True)
+  assert _commits(repo) == ['study: finetune-seed0 finished']
+
+
 def test_task0_kept_without_its_model_is_trained_again_then_only_what_is_not_kept(
     tmp_path, monkeypatch, caplog):
   keep, workdirs = tmp_path / 'runs', tmp_path / 'elsewhere'

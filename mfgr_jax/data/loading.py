@@ -7,16 +7,21 @@ prepared TFDS dataset in the data dir, official archives in the manual dir
 where we looked and the command that fixes it.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import io
+import os
 import pathlib
 import pickle
 import socket
 import tarfile
+import time
 import urllib.parse
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from absl import logging
+from etils import epath
 import ml_collections
 import numpy as np
 import PIL.Image
@@ -63,6 +68,7 @@ class _Spec:
   sources: tuple[_Source, ...]
   num_classes: int
   image_shape: tuple[int, int, int] | None  # None: photographs of any size
+  images: int  # in the train and test splits together
   mean: tuple[float, ...]
   std: tuple[float, ...]
   default_manual_dir: str
@@ -73,7 +79,7 @@ _SPECS = {
     'fashion_mnist': _Spec(
         sources=(_Source('fashion_mnist_idx', sum(builders.FASHION_MNIST_FILES.values(), ())),
                  _Source('fashion_mnist')),
-        num_classes=10, image_shape=(28, 28, 1),
+        num_classes=10, image_shape=(28, 28, 1), images=70_000,
         mean=(0.2860,), std=(0.3530,),
         default_manual_dir='/usr/share/datasets/fashion-mnist',
         how_to_get='apt-get install dataset-fashion-mnist'),
@@ -82,7 +88,7 @@ _SPECS = {
                  _Source('cifar100_python', (builders.CIFAR100_PYTHON_ARCHIVE,)),
                  _Source('cifar100')),
         # The official code's (MUC/LUCIR) constants; the std is a mean of per-image stds.
-        num_classes=100, image_shape=(32, 32, 3),
+        num_classes=100, image_shape=(32, 32, 3), images=60_000,
         mean=(0.5071, 0.4866, 0.4409), std=(0.2009, 0.1984, 0.2023),
         default_manual_dir='~/tensorflow_datasets/downloads/manual',
         how_to_get='place cifar-100-binary.tar.gz or cifar-100-python.tar.gz from '
@@ -91,7 +97,7 @@ _SPECS = {
         # One source per layout; both prepare the same `tiny_imagenet` builder.
         sources=(_Source('tiny_imagenet', (builders.TINY_IMAGENET_ARCHIVE,)),
                  _Source('tiny_imagenet', (builders.TINY_IMAGENET_FOLDER,))),
-        num_classes=200, image_shape=(64, 64, 3),
+        num_classes=200, image_shape=(64, 64, 3), images=110_000,
         mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
         default_manual_dir='~/tensorflow_datasets/downloads/manual',
         how_to_get=f'place {builders.TINY_IMAGENET_ARCHIVE} from '
@@ -100,7 +106,7 @@ _SPECS = {
     'caltech_birds2011': _Spec(
         sources=(_Source('caltech_birds2011_archive', (builders.CUB_ARCHIVE,)),
                  _Source('caltech_birds2011')),
-        num_classes=200, image_shape=None,
+        num_classes=200, image_shape=None, images=11_788,
         mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
         default_manual_dir='~/tensorflow_datasets/downloads/manual',
         how_to_get=f'place {builders.CUB_ARCHIVE} from '
@@ -108,7 +114,7 @@ _SPECS = {
     'caltech101': _Spec(
         sources=tuple(_Source('caltech101_archive', (name,))
                       for name in builders.CALTECH101_ARCHIVES) + (_Source('caltech101'),),
-        num_classes=102, image_shape=None,
+        num_classes=102, image_shape=None, images=9_144,
         mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
         default_manual_dir='~/tensorflow_datasets/downloads/manual',
         how_to_get=f'place {" or ".join(builders.CALTECH101_ARCHIVES)} from '
@@ -116,7 +122,7 @@ _SPECS = {
     # MUC's auxiliary unlabelled images; TFDS's download only.
     'svhn_cropped': _Spec(
         sources=(_Source('svhn_cropped'),),
-        num_classes=10, image_shape=(32, 32, 3),
+        num_classes=10, image_shape=(32, 32, 3), images=99_289,
         mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970),
         default_manual_dir='~/tensorflow_datasets/downloads/manual',
         how_to_get='run once with internet access and data.download=True (TFDS downloads it)'),
@@ -193,6 +199,15 @@ def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int] | Non
   if config.image_size:
     return (config.image_size,) * 2 + (native[-1] if native else 3,)
   return native
+
+
+def image_count(config: ml_collections.ConfigDict) -> int:
+  """The train and test images of `config.name` (`config`: the `data` section), known
+  without loading it."""
+  if config.name == 'synthetic':
+    synthetic = config.synthetic
+    return synthetic.num_classes * (synthetic.train_per_class + synthetic.test_per_class)
+  return sum(_SPECS[name].images for name in _COMPOSITES.get(config.name, (config.name,)))
 
 
 def check_one_image_size(config: ml_collections.ConfigDict) -> None:
@@ -282,27 +297,93 @@ def _reachable(builder: tfds.core.DatasetBuilder, timeout: float = 5.0) -> bool:
 
 def _prepared_builder(spec: _Spec, data_dir: str | None, manual_dir: pathlib.Path,
                       download: bool) -> tfds.core.DatasetBuilder | None:
-  builders_ = [tfds.builder(s.builder, data_dir=data_dir) for s in spec.sources]
-  for builder in builders_:
-    if builder.is_prepared():
+  for source in spec.sources:
+    builder = tfds.builder(source.builder, data_dir=data_dir)
+    if _is_complete(builder):
       return builder
-  for source, builder in zip(spec.sources, builders_):
+  for source in spec.sources:
     has_files = source.manual_files and all((manual_dir / f).exists() for f in source.manual_files)
-    if not has_files and not source.manual_files and download and not _reachable(builder):
+    if not has_files and not source.manual_files and download and not _reachable(
+        tfds.builder(source.builder, data_dir=data_dir)):
       return None  # offline: TFDS would retry its download for minutes
     if has_files or (not source.manual_files and download):
-      logging.info('Preparing %s into %s (manual dir %s)', source.builder, builder.data_dir,
-                   manual_dir if has_files else None)
-      try:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            manual_dir=str(manual_dir) if has_files else None))
-      except _PREPARATION_ERRORS as e:
-        where = f'files in {manual_dir}' if has_files else 'the TFDS download'
-        raise UserError(f'preparing {source.builder} from {where} failed: '
-                        f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}; '
-                        'check or replace those files') from e
-      return builder
+      return _prepare(source.builder, data_dir, manual_dir if has_files else None)
   return None
+
+
+def _is_complete(builder: tfds.core.DatasetBuilder) -> bool:
+  """Whether the builder's version folder holds a whole prepared dataset: its
+  dataset_info.json and every file of every split it lists. (TFDS's `is_prepared`
+  looks at the first only, and warns about a folder that is not there yet.)"""
+  if not (builder.data_path / 'dataset_info.json').exists():
+    return False
+  splits = builder.info.splits.values()
+  return bool(splits) and all(path.exists() for split in splits for path in split.filepaths)
+
+
+@contextlib.contextmanager
+def _preparing(dataset_folder: epath.Path) -> Iterator[None]:
+  """Holds an exclusive lock on the dataset's folder (`<data_dir>/<name>`) for the
+  block, so that two runs never prepare one dataset at once (the second waits and
+  then finds it prepared). The OS drops the lock when its holder dies, also after
+  kill -9. Object stores (gs://...) have no locks: there the block runs unlocked."""
+  if '://' in str(dataset_folder):
+    yield
+    return
+  dataset_folder.mkdir(parents=True, exist_ok=True)
+  folder = os.open(os.fspath(dataset_folder), os.O_RDONLY | os.O_DIRECTORY)
+  try:
+    try:
+      fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.info('Waiting for another process that is preparing %s', dataset_folder)
+      fcntl.flock(folder, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(folder)  # releases the lock
+
+
+def _clear_interrupted(builder: tfds.core.DatasetBuilder) -> None:
+  """Removes what an interrupted preparation of this version left: TFDS's
+  `incomplete.*` folders and a version folder without all its files (a copy cut
+  short, on a store without atomic renames). Called with the lock held, so no
+  other run is writing them; a complete version folder is never reached here."""
+  version_folder = builder.data_path
+  for leftover in [version_folder, *version_folder.parent.glob(f'incomplete.*_{version_folder.name}')]:
+    if leftover.exists():
+      logging.info('Removing %s, left by an interrupted preparation', leftover)
+      leftover.rmtree()
+
+
+def _prepare(name: str, data_dir: str | None, manual_dir: pathlib.Path | None
+             ) -> tfds.core.DatasetBuilder:
+  """Prepares TFDS builder `name` once into the data dir, from the files in
+  `manual_dir` or (None) by TFDS's download; a run killed while doing so leaves
+  nothing the next run trips on. TFDS's progress bars and prints are replaced by
+  our two lines (they share stderr with the run's log and left its lines glued to
+  a bar)."""
+  where = f'files in {manual_dir}' if manual_dir else 'the TFDS download'
+  with _preparing(tfds.builder(name, data_dir=data_dir).data_path.parent):
+    builder = tfds.builder(name, data_dir=data_dir)  # made after the wait: sees its result
+    if _is_complete(builder):
+      return builder
+    _clear_interrupted(builder)
+    logging.info('Preparing %s from %s into %s (once; later runs read it from there)',
+                 name, where, builder.data_path)
+    started = time.monotonic()
+    tfds.disable_progress_bar()
+    try:
+      with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=str(manual_dir) if manual_dir else None))
+    except _PREPARATION_ERRORS as e:
+      raise UserError(f'preparing {name} from {where} failed: {type(e).__name__}: '
+                      f'{str(e).splitlines()[0] if str(e) else ""}; check or replace those '
+                      'files') from e
+    finally:
+      tfds.enable_progress_bar()
+    logging.info('Prepared %s in %.0f s', name, time.monotonic() - started)
+  return tfds.builder(name, data_dir=data_dir)
 
 
 def subsample_per_class(dataset: Dataset, max_train: int, max_test: int,

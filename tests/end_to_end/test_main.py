@@ -191,6 +191,9 @@ def test_resuming_with_another_config_is_refused(smoke_config, lwf_run, field, v
     ('--config.method=deepinversion --config.deepinversion.batches=1 '
      '--config.deepinversion.batch_size=2', 'cannot hold one image of each of 4 old classes'),
     ('--config.method=icarl --config.icarl.memory_size=5', 'leaves some of the 6 classes'),
+    ('--config=configs/default.py --config.data.image_size=100000',
+     'fashion_mnist at 100000x100000x1 needs at least 6.52e+05 GB of host memory'),
+    ('--config.data.synthetic.image_size=1', 'set --config.data.synthetic.image_size to 8 or more'),
     ('--config.method=muc_lwf --config.muc.auxiliary=svhn_cropped --config.data.data_dir=/nonexistent',
      'svhn_cropped'),
 ])
@@ -198,7 +201,8 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, override, message):
   args = override.split()
   if not any(arg.startswith('--workdir') for arg in args):
     args.append(f'--workdir={tmp_path}')
-  assert message in one_line_error(run_main(f'--config={SMOKE}', *args, timeout=120))
+  config = [] if any(arg.startswith('--config=') for arg in args) else [f'--config={SMOKE}']
+  assert message in one_line_error(run_main(*config, *args, timeout=120))
 
 
 def one_line_error(proc) -> str:
