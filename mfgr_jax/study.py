@@ -24,8 +24,8 @@ unfinished one resumes from its workdir's checkpoint, as main does when run agai
 The runs share JAX's persistent compilation cache, WORKDIRS/xla_cache (or
 $JAX_COMPILATION_CACHE_DIR where set), so that each program is compiled once per
 study, not once per run (JAX keeps those that took over a second to compile).
-`python -m mfgr_jax.report KEEP/<method>-seed*...` reads the kept folders (not the
-task0-seed* ones: those are finetune runs of task 0 alone). Ctrl-C or SIGTERM stops
+`python -m mfgr_jax.report KEEP` reads the kept runs (it leaves out the task0-seed*
+folders: those are finetune runs of task 0 alone). Ctrl-C or SIGTERM stops
 the run in progress (at its current step, with a checkpoint there, or at once in
 after-task work), and the study with main's exit status 3; the same command continues it.
 """

@@ -1,5 +1,5 @@
-"""launch/fashion_finegrained.sh and launch/stage_swap.sh: the studies' command lines and
-the report over every kept run.
+"""launch/fashion_finegrained.sh, launch/stage_swap.sh and launch/official_code_options.sh:
+the studies' command lines and the report over every kept run.
 
 The script runs with PY set to a stand-in interpreter that records its arguments, so
 what is checked is the shell's own work: which budget, methods and seeds reach
@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 from conftest import REPO
+from mfgr_jax import report
 
 SCRIPT = REPO / 'launch' / 'fashion_finegrained.sh'
 
@@ -54,6 +55,14 @@ def _keep(tmp_path: pathlib.Path, *runs: str) -> None:
       (folder / 'results.json').write_text('{}')
 
 
+def _report_runs(report_call: list[str], runs: pathlib.Path) -> tuple[list[str], list[str]]:
+  """(the RUNS arguments the script gave the report, the runs the report reads from them),
+  both relative to `runs`."""
+  args = list(itertools.takewhile(lambda arg: not arg.startswith('-'), report_call[2:]))
+  relative = lambda paths: [str(pathlib.Path(path).relative_to(runs)) for path in paths]
+  return relative(args), relative(report.run_dirs(args))
+
+
 def _flag(call: list[str], name: str) -> str:
   return next(arg.partition('=')[2] for arg in call if arg.startswith(f'--{name}='))
 
@@ -75,10 +84,11 @@ def test_full_budget_runs_the_named_subset_and_reports_every_kept_run(tmp_path):
   assert _flag(study, 'workdirs') == str(tmp_path / 'root')
   assert _flag(study, 'commit') == '1'
   assert report[:2] == ['-m', 'mfgr_jax.report']
-  runs = [pathlib.Path(arg).name for arg in itertools.takewhile(
-      lambda arg: not arg.startswith('-'), report[2:])]
-  # The full study's method order first, then the named methods it does not list; each
-  # kept run once; no task-0 model, no folder without results.json, nothing unnamed.
+  patterns, runs = _report_runs(report, tmp_path / 'out' / 'runs')
+  # One pattern per method with kept runs, which the report expands: the full study's
+  # method order first, then the named methods it does not list.
+  assert patterns == ['finetune-seed*', 'lwf-seed*', 'mfgr-seed*', 'muc_lwf-seed*']
+  # Each kept run once; no task-0 model, no folder without results.json, nothing unnamed.
   assert runs == ['finetune-seed0', 'lwf-seed0', 'mfgr-seed0', 'mfgr-seed1', 'muc_lwf-seed0']
   assert report[report.index('--out') + 1] == str(tmp_path / 'out')
   assert report[report.index('--confusion') + 1] == '1,6,7,8'
@@ -123,8 +133,9 @@ def test_stage_swap_installs_its_plugin_runs_the_four_cells_and_reports_them(tmp
   assert [arg for arg in study if arg.startswith('--method_args=')] == [
       '--method_args=abd=--config.replay.single_pass=True',
       '--method_args=mfgr_generator_abd_replay=--config.replay.single_pass=True']
-  runs = [pathlib.Path(arg).name for arg in itertools.takewhile(
-      lambda arg: not arg.startswith('-'), report[2:])]
+  patterns, runs = _report_runs(report, tmp_path / 'out' / 'runs')
+  assert patterns == ['mfgr-seed*', 'abd_generator_mfgr_replay-seed*', 'abd-seed*']
+  # The 2x2 table's order, not the names' (abd first), and no task-0 model.
   assert runs == ['mfgr-seed0', 'abd_generator_mfgr_replay-seed0', 'abd-seed0']
 
 
@@ -146,6 +157,7 @@ def test_official_code_options_runs_both_variants_from_the_kept_task0_model(tmp_
       'abd=--config.generator.sample_statistics=running',
       'abd=--config.generator.learning_rate=0.001',
       'rdfcil=--config.generator.sample_statistics=running']
-  runs = [str(pathlib.Path(arg).relative_to(tmp_path / 'out' / 'runs')) for arg in
-          itertools.takewhile(lambda arg: not arg.startswith('-'), report[2:])]
+  patterns, runs = _report_runs(report, tmp_path / 'out' / 'runs')
+  assert patterns == ['defaults/abd-seed*', 'code_generator/rdfcil-seed*']
+  # Neither a variant's copy of the task-0 model nor a run of another method.
   assert runs == ['defaults/abd-seed0', 'code_generator/rdfcil-seed0']
