@@ -3,7 +3,7 @@
 Sized for a 2-core CPU: LwF or finetune finish in about 9 minutes, MFGR (a
 300-step generator per incremental task) in about half an hour. Switch the
 method with `--config.method=...`: any method of mfgr_jax/methods/ or of an
-installed plugin (README, "Methods"; an unknown name lists them).
+installed plugin (docs/methods.md; an unknown name lists them).
 
 Its fields, their defaults and the values each allows are declared in the library
 (`mfgr_jax/run_config.py`); a run checks its whole config against them before it

@@ -1,5 +1,5 @@
-"""results.json, one run's results task by task (its fields: the README's
-Outputs), and report.md, the same read by a person: made, written (both at
+"""results.json, one run's results task by task (its fields: docs/outputs.md), and
+report.md, the same read by a person: made, written (both at
 once, atomically) and read here."""
 
 from __future__ import annotations
