@@ -208,6 +208,13 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   if config.data.max_train_per_class or config.data.max_test_per_class:
     dataset = subsample_per_class(dataset, config.data.max_train_per_class,
                                   config.data.max_test_per_class)
+  return experiment_of(config, workdir, method, dataset)
+
+
+def experiment_of(config: ml_collections.ConfigDict, workdir: pathlib.Path, method: Method,
+                  dataset: Dataset) -> Experiment:
+  """The scenario of a checked config on `dataset` (loaded, or a stand-in of its
+  shape: `plan`), with what the method prepares; raises `UserError`."""
   order = class_order(dataset.num_classes, config.scenario.class_order,
                       config.scenario.class_order_seed)
   tasks = make_tasks(order, config.scenario.base_classes, config.scenario.increment)

@@ -68,7 +68,9 @@ class _Spec:
   sources: tuple[_Source, ...]
   num_classes: int
   image_shape: tuple[int, int, int] | None  # None: photographs of any size
-  images: int  # in the train and test splits together
+  # Images in the train and test splits (TFDS's figures; Caltech-101: our split).
+  train_images: int
+  test_images: int
   mean: tuple[float, ...]
   std: tuple[float, ...]
   default_manual_dir: str
@@ -79,7 +81,7 @@ _SPECS = {
     'fashion_mnist': _Spec(
         sources=(_Source('fashion_mnist_idx', sum(builders.FASHION_MNIST_FILES.values(), ())),
                  _Source('fashion_mnist')),
-        num_classes=10, image_shape=(28, 28, 1), images=70_000,
+        num_classes=10, image_shape=(28, 28, 1), train_images=60_000, test_images=10_000,
         mean=(0.2860,), std=(0.3530,),
         default_manual_dir='/usr/share/datasets/fashion-mnist',
         how_to_get='apt-get install dataset-fashion-mnist'),
@@ -88,7 +90,7 @@ _SPECS = {
                  _Source('cifar100_python', (builders.CIFAR100_PYTHON_ARCHIVE,)),
                  _Source('cifar100')),
         # The official code's (MUC/LUCIR) constants; the std is a mean of per-image stds.
-        num_classes=100, image_shape=(32, 32, 3), images=60_000,
+        num_classes=100, image_shape=(32, 32, 3), train_images=50_000, test_images=10_000,
         mean=(0.5071, 0.4866, 0.4409), std=(0.2009, 0.1984, 0.2023),
         default_manual_dir='~/tensorflow_datasets/downloads/manual',
         how_to_get='place cifar-100-binary.tar.gz or cifar-100-python.tar.gz from '
@@ -97,7 +99,7 @@ _SPECS = {
         # One source per layout; both prepare the same `tiny_imagenet` builder.
         sources=(_Source('tiny_imagenet', (builders.TINY_IMAGENET_ARCHIVE,)),
                  _Source('tiny_imagenet', (builders.TINY_IMAGENET_FOLDER,))),
-        num_classes=200, image_shape=(64, 64, 3), images=110_000,
+        num_classes=200, image_shape=(64, 64, 3), train_images=100_000, test_images=10_000,
         mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
         default_manual_dir='~/tensorflow_datasets/downloads/manual',
         how_to_get=f'place {builders.TINY_IMAGENET_ARCHIVE} from '
@@ -106,7 +108,7 @@ _SPECS = {
     'caltech_birds2011': _Spec(
         sources=(_Source('caltech_birds2011_archive', (builders.CUB_ARCHIVE,)),
                  _Source('caltech_birds2011')),
-        num_classes=200, image_shape=None, images=11_788,
+        num_classes=200, image_shape=None, train_images=5_994, test_images=5_794,
         mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
         default_manual_dir='~/tensorflow_datasets/downloads/manual',
         how_to_get=f'place {builders.CUB_ARCHIVE} from '
@@ -114,7 +116,7 @@ _SPECS = {
     'caltech101': _Spec(
         sources=tuple(_Source('caltech101_archive', (name,))
                       for name in builders.CALTECH101_ARCHIVES) + (_Source('caltech101'),),
-        num_classes=102, image_shape=None, images=9_144,
+        num_classes=102, image_shape=None, train_images=3_060, test_images=6_084,
         mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
         default_manual_dir='~/tensorflow_datasets/downloads/manual',
         how_to_get=f'place {" or ".join(builders.CALTECH101_ARCHIVES)} from '
@@ -122,7 +124,7 @@ _SPECS = {
     # MUC's auxiliary unlabelled images; TFDS's download only.
     'svhn_cropped': _Spec(
         sources=(_Source('svhn_cropped'),),
-        num_classes=10, image_shape=(32, 32, 3), images=99_289,
+        num_classes=10, image_shape=(32, 32, 3), train_images=73_257, test_images=26_032,
         mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970),
         default_manual_dir='~/tensorflow_datasets/downloads/manual',
         how_to_get='run once with internet access and data.download=True (TFDS downloads it)'),
@@ -201,13 +203,20 @@ def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int] | Non
   return native
 
 
-def image_count(config: ml_collections.ConfigDict) -> int:
-  """The train and test images of `config.name` (`config`: the `data` section), known
+def split_sizes(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(train, test) images of `config.name` (`config`: the `data` section), known
   without loading it."""
   if config.name == 'synthetic':
     synthetic = config.synthetic
-    return synthetic.num_classes * (synthetic.train_per_class + synthetic.test_per_class)
-  return sum(_SPECS[name].images for name in _COMPOSITES.get(config.name, (config.name,)))
+    return (synthetic.num_classes * synthetic.train_per_class,
+            synthetic.num_classes * synthetic.test_per_class)
+  specs = [_SPECS[name] for name in _COMPOSITES.get(config.name, (config.name,))]
+  return sum(s.train_images for s in specs), sum(s.test_images for s in specs)
+
+
+def image_count(config: ml_collections.ConfigDict) -> int:
+  """The train and test images of `config.name`, known without loading it."""
+  return sum(split_sizes(config))
 
 
 def check_one_image_size(config: ml_collections.ConfigDict) -> None:
