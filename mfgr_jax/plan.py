@@ -1,7 +1,7 @@
 """What a run needs, known before it is launched.
 
   python -m mfgr_jax.plan --config configs/cifar100_5phase.py [--devices N]
-      [--accelerator a100-40gb] [--utilisation 0.4] [--steps K]
+      [--accelerator a100-40gb,tpu-v5e] [--utilisation 0.4] [--steps K]
 
 Every step the config's method runs (stage I's generator or pixel step, the
 classifier or replay step, the head phase, evaluation) is built as a run builds
@@ -13,9 +13,9 @@ temporaries (`memory_analysis`) and its FLOPs and bytes (`cost_analysis`); with
 the steps of every task, the run's total FLOPs. Task 0 and the last task are
 compiled; the tasks between share the last task's figures (only the head grows).
 
-`--accelerator` adds an estimated wall time at `--utilisation` of the device's
-public peak (an estimate: the utilisation is assumed, not measured) and refuses,
-in one line, a step that does not fit in its memory. `--steps K` also runs K real
+`--accelerator` (one or several) adds an estimated wall time at `--utilisation`
+of each device's public peak (an estimate: the utilisation is assumed, not
+measured) and refuses, in one line, a step that does not fit in its memory. `--steps K` also runs K real
 steps of each kind on this machine and reports their time and the process's
 memory peak, next to the compiled figures.
 """
@@ -256,9 +256,9 @@ def _groups(plans: Sequence[StepPlan]) -> list[tuple[str, list[StepPlan]]]:
 
 
 def report(config_name: str, config: ml_collections.ConfigDict, plans: Sequence[StepPlan],
-           devices: int, accelerator: str, utilisation: float) -> str:
+           devices: int, accelerators: Sequence[str], utilisation: float) -> str:
   """The plan as Markdown: a table of step kinds, the totals and (with an
-  accelerator) the estimated time."""
+  accelerator) the estimated times."""
   float32 = config.model.compute_dtype == 'float32'
   measured = any(p.seconds_per_step is not None for p in plans)
   lines = [f'Plan of `{config_name}` with `{config.method}` on {devices} device(s) '
@@ -280,7 +280,7 @@ def report(config_name: str, config: ml_collections.ConfigDict, plans: Sequence[
   lines += ['', f'Training steps: {steps}; total work: {total_flops / 1e15:.3g} PFLOP '
             f'(XLA\'s count, every device); largest step: {peak.stage} of task {peak.task}, '
             f'{_size(peak.memory_bytes)} per device.']
-  if accelerator:
+  for accelerator in accelerators:
     device = ACCELERATORS[accelerator]
     peak_flops = (device.float32_tflops if float32 else device.bfloat16_tflops) * 1e12
     hours = sum(p.steps * p.flops for p in plans) / (peak_flops * utilisation) / 3600
@@ -308,11 +308,11 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'the config file (with
                                           'takes one)', lock_config=False)
 _DEVICES = flags.DEFINE_integer('devices', 0, 'plan for this many devices (0: those here); on '
                                 'CPU they are made with XLA\'s host device count')
-_ACCELERATOR = flags.DEFINE_enum('accelerator', '', [''] + list(ACCELERATORS),
-                                 'estimate the time on this accelerator and refuse a step that '
-                                 'does not fit in its memory')
+_ACCELERATORS = flags.DEFINE_multi_enum('accelerator', [], list(ACCELERATORS),
+                                        'estimate the time on this accelerator and refuse a step '
+                                        'that does not fit in its memory (repeatable)')
 _MEMORY_GB = flags.DEFINE_float('memory_gb', 0.0, 'refuse a step that needs more memory per '
-                                'device than this (default: the accelerator\'s)')
+                                'device than this many GB (0: no limit but the accelerators\')')
 _UTILISATION = flags.DEFINE_float('utilisation', 0.4, 'the fraction of peak FLOP/s assumed '
                                   'for the estimate')
 _STEPS = flags.DEFINE_integer('steps', 0, 'also run this many real steps of each kind here')
@@ -330,18 +330,19 @@ def main(argv: Sequence[str]) -> None:
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                                f' --xla_force_host_platform_device_count={_DEVICES.value}')
   try:
-    config, _ = run_config.with_method_settings(_CONFIG.value)
+    config, _ = run_config.with_method_settings(
+        _CONFIG.value, config_flags.get_override_values(flags.FLAGS['config']))
     if _DEVICES.value and _DEVICES.value != jax.device_count():
       raise UserError(f'--devices={_DEVICES.value} but this machine has {jax.device_count()} '
                       f'{jax.devices()[0].platform} device(s); plan for those (leave out '
                       '--devices), or plan on a CPU host for another count')
     _, plans = plan_run(config, _STEPS.value)
-    memory = _MEMORY_GB.value or (ACCELERATORS[_ACCELERATOR.value].memory_gb
-                                  if _ACCELERATOR.value else 0.0)
     print(report(flags.FLAGS['config'].config_filename, config, plans, jax.device_count(),
-                 _ACCELERATOR.value, _UTILISATION.value), flush=True)
-    if memory:
-      check_fits(plans, memory, _ACCELERATOR.value or f'--memory_gb={memory:g}')
+                 _ACCELERATORS.value, _UTILISATION.value), flush=True)
+    if _MEMORY_GB.value:
+      check_fits(plans, _MEMORY_GB.value, f'--memory_gb={_MEMORY_GB.value:g}')
+    for name in _ACCELERATORS.value:
+      check_fits(plans, ACCELERATORS[name].memory_gb, name)
   except UserError as e:
     _fail(str(e))
 

@@ -65,10 +65,15 @@ def _gb(size: float) -> str:
   return f'{size / 2**30:.3g} GB'
 
 
+def _stem_size(stem: str, image_size: int) -> int:
+  """The side of the stem conv's output map."""
+  return image_size if stem == 'cifar' else math.ceil(image_size / 2)
+
+
 def activation_elements(depth: int, width: int, stem: str, image_size: int) -> int:
   """A lower bound on the activations one image keeps for the ResNet's backward
   pass: the output of every conv, once."""
-  size = image_size if stem == 'cifar' else math.ceil(image_size / 2)
+  size = _stem_size(stem, image_size)
   elements = size * size * width  # the stem conv's output
   if stem == 'imagenet':
     size = math.ceil(size / 2)  # the max-pool
@@ -77,6 +82,14 @@ def activation_elements(depth: int, width: int, stem: str, image_size: int) -> i
       size = math.ceil(size / 2)
     elements += 2 * blocks * size * size * width * 2**stage  # two convs per block
   return elements
+
+
+def evaluation_bytes(width: int, stem: str, image_size: int, channels: int,
+                     bytes_per_value: int) -> int:
+  """A lower bound on one image of an evaluation step, which keeps no activations
+  for a backward pass: the image (uint8) and the stem conv's output."""
+  return (image_size * image_size * channels +
+          _stem_size(stem, image_size)**2 * width * bytes_per_value)
 
 
 @functools.lru_cache(maxsize=64)
@@ -143,9 +156,7 @@ def check_config(config: ml_collections.ConfigDict, stage_one_section: str) -> N
   per_image = activation_elements(model.depth, model.width, model.stem, height) * bytes_per_value
   parameters = _CLASSIFIER_COPIES * _FLOAT32 * classifier_parameters(
       model.depth, model.width, model.stem, num_classes(config.data), channels)
-  # An evaluation step keeps no activations for a backward pass: its batch and the
-  # stem's output at least.
-  evaluated = height * width * (channels * _FLOAT32 + model.width * bytes_per_value)
+  evaluated = evaluation_bytes(model.width, model.stem, height, channels, bytes_per_value)
   steps = [('train.batch_size', config.train.batch_size, per_image),
            ('eval_batch_size', config.eval_batch_size, evaluated)]
   if stage_one_section and 'batch_size' in config[stage_one_section]:

@@ -55,7 +55,7 @@ def test_the_report_adds_up_the_steps_and_estimates_the_time(smoke_config):
   plans = [plan.StepPlan(0, 'classifier', 100, 2**30, 2**29, 1e15),
            plan.StepPlan(1, 'generator', 50, 3 * 2**30, 2**30, 2e15),
            plan.StepPlan(1, 'evaluation', 2, 2**20, 2**19, 1e12)]
-  text = plan.report('configs/x.py', smoke_config, plans, 2, 'a100-40gb', 0.5)
+  text = plan.report('configs/x.py', smoke_config, plans, 2, ['a100-40gb'], 0.5)
   assert 'Training steps: 150; total work: 400 PFLOP' in text  # (100 + 100) PFLOP x 2 devices
   # 200.002 PFLOP per device at half of 156 TFLOP/s: 2564 s
   assert 'at 50% of peak: about 43 minutes (an estimate' in text

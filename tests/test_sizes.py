@@ -58,3 +58,17 @@ def test_the_activations_counted_are_at_most_what_a_compiled_training_step_needs
   needed = compiled.memory_analysis().temp_size_in_bytes
   counted = batch * 4 * sizes.activation_elements(18, width, stem, size)
   assert 0 < counted <= needed, (counted, needed)
+
+
+@pytest.mark.parametrize('stem,size', [('cifar', 32), ('imagenet', 64)])
+def test_the_evaluation_bytes_counted_are_at_most_what_a_compiled_prediction_needs(stem, size):
+  batch, width = 16, 8
+  model = resnet(18, 10, width, stem)
+  images = jnp.zeros((batch, size, size, 3), jnp.uint8)
+  variables = model.init(jax.random.key(0), images.astype(jnp.float32), train=False)
+  predict = lambda variables, images: jnp.argmax(
+      model.apply(variables, images.astype(jnp.float32), train=False)[0], -1)
+  memory = jax.jit(predict).lower(variables, images).compile().memory_analysis()
+  needed = memory.argument_size_in_bytes + memory.temp_size_in_bytes
+  counted = batch * sizes.evaluation_bytes(width, stem, size, 3, 4)
+  assert 0 < counted <= needed, (counted, needed)
