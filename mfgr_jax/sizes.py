@@ -139,11 +139,12 @@ def check_config(config: ml_collections.ConfigDict, stage_one_section: str) -> N
                     f'use less than {min(height, width)}')
   images = image_count(config.data) * height * width * channels
   if images > host_memory():
+    largest = math.isqrt(host_memory() // (image_count(config.data) * channels))
     raise UserError(f'{config.data.name} at {height}x{width}x{channels} needs at least '
                     f'{_gb(images)} of host memory for its {image_count(config.data)} images '
-                    f'(uint8), and this machine has {_gb(host_memory())}; lower '
-                    f'--config.{_image_size_field(config.data)}'
-                    f'{" or the images per class" if config.data.name == "synthetic" else ""}')
+                    f'(uint8), and this machine has {_gb(host_memory())}; set '
+                    f'--config.{_image_size_field(config.data)} to at most {largest}'
+                    f'{" or lower the images per class" if config.data.name == "synthetic" else ""}')
   if stage_one_section == 'deepinversion':
     pool = inversion.pool_size(config.deepinversion)
     if pool * height * width * channels * _FLOAT32 > host_memory():
@@ -171,10 +172,13 @@ def check_config(config: ml_collections.ConfigDict, stage_one_section: str) -> N
     per_device = -(-batch // parallel.device_count())
     needed = parameters + per_device * per_image
     if needed > memory:
+      fits = max(memory - parameters, 0) // per_image * parallel.device_count()
+      room = (f'at most {fits} fit beside the parameters' if fits else
+              'the parameters alone do not fit')
       raise UserError(
           f'a step with {field}={batch} of {height}x{width} images needs at least '
           f'{_gb(needed)} per device ({_gb(parameters)} of parameters with their gradients and '
           f'optimizer state, {_gb(per_device * per_image)} of activations for '
-          f'{per_device} images), and a device has {_gb(memory)} of {what}; lower '
+          f'{per_device} images), and a device has {_gb(memory)} of {what} ({room}); lower '
           f'--config.{field}, model.width or the image size')
 

@@ -204,7 +204,7 @@ def test_a_bad_value_of_any_field_is_refused_in_one_line_before_any_work(
     (dict(model__stem='imagenet'), "set --config.data.synthetic.image_size to 32 or more"),
     (dict(data__crop_padding=16), 'data.crop_padding=16 is as large as the 16x16 images'),
     (dict(data__synthetic__image_size=2**16), 'needs at least 3.07e+03 GB of host memory'),
-    (dict(data__synthetic__train_per_class=2**31), 'or the images per class'),
+    (dict(data__synthetic__train_per_class=2**31), 'or lower the images per class'),
     (dict(model__width=2**17), 'of parameters with their gradients and optimizer state'),
     (dict(train__batch_size=2**32), 'a step with train.batch_size=4294967296 of 16x16 images'),
     (dict(eval_batch_size=2**36), 'a step with eval_batch_size=68719476736'),
