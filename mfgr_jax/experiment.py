@@ -149,10 +149,12 @@ class Experiment:
                                          self.dataset.std, flip, l2_normalise)
 
 
-def check_config(config: ml_collections.ConfigDict, source: str = 'the config') -> Method:
+def check_config(config: ml_collections.ConfigDict, source: str = 'the config',
+                 memory: bool = True) -> Method:
   """Every rule of the config, before any data is loaded or anything is compiled:
-  each field's (`run_config.get_fields`), then those across fields;
-  returns the method. Raises a one-line `UserError` (`source` names the config)."""
+  each field's (`run_config.get_fields`), then those across fields, and with
+  `memory` whether its arrays fit on this machine (`sizes`); returns the method.
+  Raises a one-line `UserError` (`source` names the config)."""
   config_fields.check(config, run_config.get_fields(), source)
   method = get_method(config.method)
   if config.method in config.per_method:
@@ -174,7 +176,9 @@ def check_config(config: ml_collections.ConfigDict, source: str = 'the config') 
                     ' point it at the workdir of a run that finished task 0, or set it to \'\'')
   method.stage_one.check_config(config)
   method.check_config(config)
-  sizes.check_config(config, method.stage_one.section)
+  sizes.check_shapes(config)
+  if memory:
+    sizes.check_memory(config, method.stage_one.section)
   return method
 
 

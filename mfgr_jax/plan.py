@@ -11,7 +11,10 @@ compiled ahead of time at the config's full shapes. XLA's own figures are
 reported per device: the memory of the step's arguments, outputs and
 temporaries (`memory_analysis`) and its FLOPs and bytes (`cost_analysis`); with
 the steps of every task, the run's total FLOPs. Task 0 and the last task are
-compiled; the tasks between share the last task's figures (only the head grows).
+compiled; the tasks between share the last task's figures (the head grows, and
+with `replay.balance='per_class'` the generated batch, so theirs are at most these).
+It plans for one process: on a pod, run it on one host with that host's devices.
+A method that needs more than the dataset (MUC's auxiliary images) loads that.
 
 `--accelerator` (one or several) adds an estimated wall time at `--utilisation`
 of each device's public peak (an estimate: the utilisation is assumed, not
@@ -57,12 +60,12 @@ from mfgr_jax.workdir import Carried
 class Accelerator:
   memory_gb: float  # per device
   float32_tflops: float  # dense; JAX's default precision (TF32 on A100/H100, bf16 passes on TPU)
-  bfloat16_tflops: float  # dense
+  bfloat16_tflops: float  # dense; 0: it has no bfloat16
 
 
 # Public peak figures of one device (vendor data sheets: dense, without sparsity).
 ACCELERATORS = {
-    'v100-16gb': Accelerator(16, 15.7, 125),  # no bfloat16: its float16 tensor-core peak
+    'v100-16gb': Accelerator(16, 15.7, 0),  # no bfloat16
     'a100-40gb': Accelerator(40, 156, 312),
     'a100-80gb': Accelerator(80, 156, 312),
     'h100-80gb': Accelerator(80, 495, 989),  # SXM
@@ -185,12 +188,11 @@ def plan_task(experiment: experiments.Experiment, task: Task, runner: PlanRunner
                       method.stage_one.carried_like(experiment))
   variables, _, _ = train.learn_task(experiment, task, carried, runner, None, 0)
   # Evaluation: the argmax of the logits (the default `Method.predict`).
-  seen = (experiment.test_targets >= 0) & (experiment.test_targets < task.num_seen)
   batch = experiment.config.eval_batch_size
   predict = classifier.make_predict_step(experiment.model(task.num_seen),
                                          experiment.dataset.mean, experiment.dataset.std)
   images = np.zeros((batch,) + experiment.dataset.image_shape, np.uint8)
-  runner.measure('evaluation', task, math.ceil(int(seen.sum()) / batch), predict,
+  runner.measure('evaluation', task, _steps(experiment, task, 'evaluation'), predict,
                  (parallel.replicate(variables), parallel.shard(images)), stateful=False)
 
 
@@ -198,7 +200,8 @@ def plan_run(config: ml_collections.ConfigDict, run_steps: int = 0
              ) -> tuple[experiments.Experiment, list[StepPlan]]:
   """Every step kind of the run, compiled: task 0's and the last task's, with each
   task's step counts (the tasks between share the last task's figures)."""
-  method = experiments.check_config(config)
+  # Not whether it fits this machine: it plans for others (`check_fits`).
+  method = experiments.check_config(config, memory=False)
   experiment = experiments.experiment_of(config, pathlib.Path('/nonexistent/plan'), method,
                                          stand_in_dataset(config.data))
   runner = PlanRunner(run_steps)
@@ -283,6 +286,9 @@ def report(config_name: str, config: ml_collections.ConfigDict, plans: Sequence[
   for accelerator in accelerators:
     device = ACCELERATORS[accelerator]
     peak_flops = (device.float32_tflops if float32 else device.bfloat16_tflops) * 1e12
+    if not peak_flops:
+      lines.append(f'No estimate on {accelerator}: it does not compute in bfloat16.')
+      continue
     hours = sum(p.steps * p.flops for p in plans) / (peak_flops * utilisation) / 3600
     lines.append(f'Estimate on {devices} x {accelerator} ({device.memory_gb:g} GB, '
                  f'{peak_flops / 1e12:g} TFLOP/s {"float32" if float32 else "bfloat16"} peak) at '

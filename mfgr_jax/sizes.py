@@ -1,18 +1,19 @@
 """Sizes a run cannot work with, refused in one line before any work.
 
-Two kinds. Sizes the model cannot take: images smaller than the ResNet's total
-stride (its last stage would see less than one pixel per position), and a crop
-padding as large as the image (a random crop could hold no pixel of it). And
-sizes whose arrays cannot fit in memory: the dataset's images in host memory,
-and on each device the classifier's parameters with their gradients and
-momentum, the generator's with Adam's two moments, and the activations that one
-training step of the classifier or of stage I keeps for its backward pass
-(and DeepInversion's pool of images in host memory).
+Two kinds. A crop padding as large as the image, whose random crops could hold no
+pixel of it (`check_shapes`). And sizes whose arrays cannot fit in memory
+(`check_memory`): the dataset's images and DeepInversion's pool in host memory,
+and on each device what one step holds: its model's parameters (with gradients
+and SGD's momentum, or Adam's two moments, for the model it trains) and the
+activations it keeps for the backward pass.
 
 Every figure is a lower bound: it counts only the largest arrays (each conv's
-output once, uint8 images once), so a refused config could not have fit, and
-one that passes may still run out of memory (`python -m mfgr_jax.plan` compiles
-the steps and reports what they need).
+output once, uint8 images once, the old model and the generator only where they
+are trained or run), so a refused config could not have fit, and one that
+passes may still run out of memory. `python -m mfgr_jax.plan` compiles the steps
+and reports what XLA needs; it checks the shapes only, since it plans for other
+machines than the one it runs on. The ResNet takes images of any size (each
+stride-2 layer pads, so its maps shrink to 1x1, never to nothing).
 """
 
 import functools
@@ -29,22 +30,12 @@ from mfgr_jax.data.loading import image_count, image_shape, num_classes
 from mfgr_jax.errors import UserError
 from mfgr_jax.models.generator import Generator
 from mfgr_jax.models.resnet import STAGE_BLOCKS, resnet
+from mfgr_jax.scenario import listed_classes
 
-# Copies of the parameters a step holds: parameters, gradients, and SGD's
-# momentum (classifier) or Adam's two moments (generator).
-_CLASSIFIER_COPIES, _GENERATOR_COPIES = 3, 4
 _FLOAT32 = 4
-
-
-def stem_stride(stem: str) -> int:
-  """How much the stem shrinks the image: none for the CIFAR stem, 4 for the
-  ImageNet one (7x7 stride-2 conv and stride-2 max-pool)."""
-  return 1 if stem == 'cifar' else 4
-
-
-def min_image_size(depth: int, stem: str) -> int:
-  """The smallest image whose last ResNet stage still sees one pixel per position."""
-  return stem_stride(stem) * 2**(len(STAGE_BLOCKS[depth]) - 1)
+# Copies of a model's parameters while it is trained: the parameters, their
+# gradients, and Adam's two moments (the generator's optimiser).
+_ADAM_COPIES = 4
 
 
 def host_memory() -> int:
@@ -96,9 +87,9 @@ def evaluation_bytes(width: int, stem: str, image_size: int, channels: int,
 def classifier_parameters(depth: int, width: int, stem: str, classes: int, channels: int) -> int:
   """The ResNet's parameter count (from the shapes alone: nothing is allocated)."""
   model = resnet(depth, classes, width, stem)
-  size = min_image_size(depth, stem)
+  # The parameters do not depend on the image size (the ResNet pools globally).
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                             jnp.zeros((1, size, size, channels)), train=False))
+                                             jnp.zeros((1, 32, 32, channels)), train=False))
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes['params']))
 
 
@@ -118,67 +109,79 @@ def _image_size_field(data: ml_collections.ConfigDict) -> str:
   return 'data.image_size'
 
 
-def check_config(config: ml_collections.ConfigDict, stage_one_section: str) -> None:
-  """Refuses, in one line naming the field, a size the model cannot take or whose
-  arrays cannot fit (module docstring); `stage_one_section` is the config section
-  of the method's stage I ('' for none)."""
-  shape = image_shape(config.data)
-  if shape is None:  # photographs of any size without data.image_size: refused with the data
-    return
-  height, width, channels = shape
-  model = config.model
-  smallest = min_image_size(model.depth, model.stem)
-  if min(height, width) < smallest:
-    raise UserError(f'{config.data.name} images of {height}x{width} are too small for the '
-                    f"ResNet-{model.depth} with the '{model.stem}' stem (at least {smallest} "
-                    f'pixels: it shrinks them {smallest}-fold); set '
-                    f'--config.{_image_size_field(config.data)} to {smallest} or more')
-  if config.data.crop_padding >= min(height, width):
+def check_shapes(config: ml_collections.ConfigDict) -> None:
+  """Refuses a crop padding as large as the images (after `check_one_image_size`)."""
+  height, width, _ = image_shape(config.data)
+  side = min(height, width)
+  if config.data.crop_padding >= side:
     raise UserError(f'data.crop_padding={config.data.crop_padding} is as large as the '
-                    f'{height}x{width} images: a random crop could hold no pixel of them; '
-                    f'use less than {min(height, width)}')
-  images = image_count(config.data) * height * width * channels
-  if images > host_memory():
-    largest = math.isqrt(host_memory() // (image_count(config.data) * channels))
+                    f'{height}x{width} images: a random crop could hold no pixel of them; set '
+                    f'--config.data.crop_padding below {side}, or '
+                    f'--config.{_image_size_field(config.data)} above '
+                    f'{config.data.crop_padding}')
+
+
+def _classes_loaded(config: ml_collections.ConfigDict) -> int:
+  """The classes whose images a run loads: those its class order lists, or all."""
+  listed = listed_classes(config.scenario.class_order)
+  return len(listed) if listed else num_classes(config.data)
+
+
+def check_memory(config: ml_collections.ConfigDict, stage_one_section: str) -> None:
+  """Refuses, in one line naming the field, sizes whose arrays cannot fit on this
+  machine (module docstring); `stage_one_section` is the config section of the
+  method's stage I ('' for none)."""
+  height, width, channels = image_shape(config.data)
+  model, host = config.model, host_memory()
+  loaded = image_count(config.data) * _classes_loaded(config) // num_classes(config.data)
+  if loaded * height * width * channels > host:
+    largest = math.isqrt(host // (loaded * channels))
     raise UserError(f'{config.data.name} at {height}x{width}x{channels} needs at least '
-                    f'{_gb(images)} of host memory for its {image_count(config.data)} images '
-                    f'(uint8), and this machine has {_gb(host_memory())}; set '
+                    f'{_gb(loaded * height * width * channels)} of host memory for its {loaded} '
+                    f'images (uint8), and this machine has {_gb(host)}; set '
                     f'--config.{_image_size_field(config.data)} to at most {largest}'
                     f'{" or lower the images per class" if config.data.name == "synthetic" else ""}')
   if stage_one_section == 'deepinversion':
-    pool = inversion.pool_size(config.deepinversion)
-    if pool * height * width * channels * _FLOAT32 > host_memory():
-      raise UserError(f'the deepinversion pool of {pool} images of {height}x{width}x{channels} '
-                      f'needs at least {_gb(pool * height * width * channels * _FLOAT32)} '
-                      f'(float32), and this machine has {_gb(host_memory())}; lower '
+    pool = inversion.pool_size(config.deepinversion) * height * width * channels * _FLOAT32
+    if pool > host:
+      raise UserError(f'the deepinversion pool of {inversion.pool_size(config.deepinversion)} '
+                      f'images of {height}x{width}x{channels} needs at least {_gb(pool)} '
+                      f'(float32), and this machine has {_gb(host)}; lower '
                       '--config.deepinversion.batches or .batch_size')
-  memory, what = device_memory()
   bytes_per_value = 2 if model.compute_dtype == 'bfloat16' else _FLOAT32
   per_image = activation_elements(model.depth, model.width, model.stem, height) * bytes_per_value
-  parameters = _CLASSIFIER_COPIES * _FLOAT32 * classifier_parameters(
-      model.depth, model.width, model.stem, num_classes(config.data), channels)
-  evaluated = evaluation_bytes(model.width, model.stem, height, channels, bytes_per_value)
-  steps = [('train.batch_size', config.train.batch_size, per_image),
-           ('eval_batch_size', config.eval_batch_size, evaluated)]
-  if stage_one_section and 'batch_size' in config[stage_one_section]:
-    steps.append((f'{stage_one_section}.batch_size', config[stage_one_section].batch_size,
-                  per_image))
+  classifier = _FLOAT32 * classifier_parameters(model.depth, model.width, model.stem,
+                                                 _classes_loaded(config), channels)
+  # SGD keeps a momentum trace only with momentum > 0.
+  trained_classifier = classifier * (3 if config.train.momentum else 2)
+  steps = [('train.batch_size', config.train.batch_size, trained_classifier, per_image),
+           ('eval_batch_size', config.eval_batch_size, classifier,
+            evaluation_bytes(model.width, model.stem, height, channels, bytes_per_value))]
   if stage_one_section == 'generator':
     generator = config.generator
-    parameters += _GENERATOR_COPIES * _FLOAT32 * generator_parameters(
+    trained_generator = _ADAM_COPIES * _FLOAT32 * generator_parameters(
         generator.architecture, generator.hidden, generator.latent_dim,
         generator.image_size or height, channels)
-  for field, batch, per_image in steps:
+    steps.append(('generator.batch_size', generator.batch_size, classifier + trained_generator,
+                  per_image))
+  elif stage_one_section == 'deepinversion':
+    steps.append(('deepinversion.batch_size', config.deepinversion.batch_size, classifier,
+                  per_image))
+  memory, what = device_memory()
+  for field, batch, parameters, image_bytes in steps:
     per_device = -(-batch // parallel.device_count())
-    needed = parameters + per_device * per_image
-    if needed > memory:
-      fits = max(memory - parameters, 0) // per_image * parallel.device_count()
-      room = (f'at most {fits} fit beside the parameters' if fits else
-              'the parameters alone do not fit')
-      raise UserError(
-          f'a step with {field}={batch} of {height}x{width} images needs at least '
-          f'{_gb(needed)} per device ({_gb(parameters)} of parameters with their gradients and '
-          f'optimizer state, {_gb(per_device * per_image)} of activations for '
-          f'{per_device} images), and a device has {_gb(memory)} of {what} ({room}); lower '
-          f'--config.{field}, model.width or the image size')
-
+    needed = parameters + per_device * image_bytes
+    if needed <= memory:
+      continue
+    if parameters >= memory:
+      widths = 'model.width' + (', generator.hidden or generator.latent_dim'
+                                if field.startswith('generator') else '')
+      room = f'the parameters alone do not fit); lower --config.{widths}'
+    else:
+      room = (f'at most {(memory - parameters) // image_bytes * parallel.device_count()} images '
+              f'fit beside the parameters); lower --config.{field} or the image size')
+    raise UserError(
+        f'a step with {field}={batch} of {height}x{width} images needs at least '
+        f'{_gb(needed)} per device ({_gb(parameters)} of parameters, with their gradients and '
+        f'optimizer state where trained, {_gb(per_device * image_bytes)} of activations for '
+        f'{per_device} images), and a device has {_gb(memory)} of {what} ({room}')

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -90,10 +91,12 @@ def test_fashion_mnist_malformed_files_give_one_line_error(tmp_path):
   assert '\n' not in str(e.value)
 
 
-# A run killed while preparing, at each point: before TFDS starts (the dataset's
-# folder made, nothing in it), during (TFDS's incomplete.* folder half written),
-# and after the version folder is complete (killed before the run used it).
-# `{kill}` is where the child process SIGKILLs itself.
+# A run killed while preparing, at each point: before TFDS starts, during (TFDS's
+# incomplete.* folder half written: the leftover the rerun must remove), and after
+# the version folder is complete (killed before the run used it: the rerun must use
+# it untouched). The child process SIGKILLs itself at that point. 'during' and the
+# damaged version folders below are what TFDS alone does not recover from; 'before'
+# and 'after' guard the recovery against harming what it must keep.
 _KILLED_PREPARATION = """
 import os, signal, sys
 import ml_collections
@@ -134,7 +137,6 @@ def test_a_run_killed_while_preparing_data_leaves_nothing_the_rerun_trips_on(tmp
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
   left = tmp_path / 'tfds' / 'fashion_mnist_idx'
   version = left / '1.0.0'
-  assert left.is_dir()
   assert list(left.glob('incomplete.*')) if point == 'during' else True
   complete_before = {f.name: f.stat().st_mtime_ns for f in version.iterdir()} if point == 'after' else None
   rerun = load_dataset(_data_config('fashion_mnist', tmp_path))
@@ -160,19 +162,25 @@ def test_a_version_folder_without_all_its_files_is_prepared_again(tmp_path, dama
       load_dataset(_data_config('fashion_mnist', tmp_path, data_dir=str(tmp_path / 'clean'))))
 
 
-def test_a_second_run_waits_for_the_one_preparing_the_same_data(tmp_path):
+def test_a_second_run_waits_for_the_one_preparing_the_same_data(tmp_path, caplog):
   _write_fashion(tmp_path / 'manual')
   folder = tmp_path / 'tfds' / 'fashion_mnist_idx'
-  folder.mkdir(parents=True)
-  held = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+  folder.parent.mkdir(parents=True)
+  held = os.open(loading.lock_file(epath.Path(folder)), os.O_RDWR | os.O_CREAT)
   fcntl.flock(held, fcntl.LOCK_EX)  # another run preparing
   loaded = []
   waiting = threading.Thread(target=lambda: loaded.append(
-      load_dataset(_data_config('fashion_mnist', tmp_path))))
-  waiting.start()
-  waiting.join(timeout=3)
-  assert waiting.is_alive() and not (folder / '1.0.0').exists()
-  os.close(held)
+      load_dataset(_data_config('fashion_mnist', tmp_path))), daemon=True)
+  try:
+    with caplog.at_level(std_logging.INFO):
+      waiting.start()
+      waiting.join(timeout=5)
+      assert waiting.is_alive() and not (folder / '1.0.0').exists()
+      assert not list(folder.glob('incomplete.*'))  # it has not started preparing
+      assert any(record.getMessage().startswith('Waiting for another process that is preparing')
+                 for record in caplog.records)
+  finally:
+    os.close(held)
   waiting.join(timeout=120)
   assert len(loaded) == 1 and loaded[0].train_images.shape == (30, 28, 28, 1)
 

@@ -18,15 +18,16 @@ def _count(tree) -> int:
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
 
 
-@pytest.mark.parametrize('depth,stem', [(18, 'cifar'), (34, 'imagenet')])
-def test_the_smallest_image_leaves_the_last_stage_one_pixel(depth, stem):
-  size = sizes.min_image_size(depth, stem)
-  model = resnet(depth, 5, 4, stem)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
-  _, state = model.apply(variables, jnp.zeros((1, size, size, 3)), train=False,
-                         mutable=[INTERMEDIATES])
+@pytest.mark.parametrize('stem', ['cifar', 'imagenet'])
+def test_the_resnet_takes_images_of_any_size(stem):
+  """Why no smallest image size is refused: every stride-2 layer pads, so the last
+  map is 1x1 at the least."""
+  model = resnet(18, 5, 4, stem)
+  images = jnp.zeros((1, 1, 1, 3))
+  variables = model.init(jax.random.key(0), images, train=False)
+  (logits, _), state = model.apply(variables, images, train=False, mutable=[INTERMEDIATES])
   assert state[INTERMEDIATES][FEATURE_MAP][0].shape[1:3] == (1, 1)
-  assert size == (8 if stem == 'cifar' else 32)
+  assert bool(jnp.all(jnp.isfinite(logits)))
 
 
 def test_the_parameter_counts_are_those_of_the_initialised_models():

@@ -330,33 +330,46 @@ def _is_complete(builder: tfds.core.DatasetBuilder) -> bool:
   return bool(splits) and all(path.exists() for split in splits for path in split.filepaths)
 
 
+def lock_file(dataset_folder: epath.Path) -> epath.Path:
+  """The file whose lock a run holds while it prepares the dataset in `dataset_folder`
+  (`<data_dir>/<name>`): beside it, where TFDS looks for no versions."""
+  return dataset_folder.parent / f'.{dataset_folder.name}.lock'
+
+
 @contextlib.contextmanager
-def _preparing(dataset_folder: epath.Path) -> Iterator[None]:
-  """Holds an exclusive lock on the dataset's folder (`<data_dir>/<name>`) for the
-  block, so that two runs never prepare one dataset at once (the second waits and
-  then finds it prepared). The OS drops the lock when its holder dies, also after
-  kill -9. Object stores (gs://...) have no locks: there the block runs unlocked."""
+def _preparing(dataset_folder: epath.Path) -> Iterator[bool]:
+  """Holds an exclusive lock (`lock_file`) for the block, so that two runs never
+  prepare one dataset at once (the second waits, then finds it prepared); yields
+  whether it holds one. The OS drops the lock when its holder dies, also after
+  kill -9. Object stores (gs://...) have no locks, and a file system may refuse
+  them (some NFS, CIFS or Lustre mounts): there the block runs unlocked."""
   if '://' in str(dataset_folder):
-    yield
+    yield False
     return
-  dataset_folder.mkdir(parents=True, exist_ok=True)
-  folder = os.open(os.fspath(dataset_folder), os.O_RDONLY | os.O_DIRECTORY)
+  dataset_folder.parent.mkdir(parents=True, exist_ok=True)
+  descriptor = os.open(os.fspath(lock_file(dataset_folder)), os.O_RDWR | os.O_CREAT, 0o666)
   try:
     try:
-      fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      locked = True
     except BlockingIOError:
       logging.info('Waiting for another process that is preparing %s', dataset_folder)
-      fcntl.flock(folder, fcntl.LOCK_EX)
-    yield
+      fcntl.flock(descriptor, fcntl.LOCK_EX)
+      locked = True
+    except OSError as e:
+      logging.warning('cannot lock %s (%s): preparing %s without a lock',
+                      lock_file(dataset_folder), e.strerror, dataset_folder)
+      locked = False
+    yield locked
   finally:
-    os.close(folder)  # releases the lock
+    os.close(descriptor)  # releases the lock
 
 
 def _clear_interrupted(builder: tfds.core.DatasetBuilder) -> None:
   """Removes what an interrupted preparation of this version left: TFDS's
   `incomplete.*` folders and a version folder without all its files (a copy cut
-  short, on a store without atomic renames). Called with the lock held, so no
-  other run is writing them; a complete version folder is never reached here."""
+  short). Only with the lock held, so that no other run is writing them; a
+  complete version folder is never reached here."""
   version_folder = builder.data_path
   for leftover in [version_folder, *version_folder.parent.glob(f'incomplete.*_{version_folder.name}')]:
     if leftover.exists():
@@ -372,11 +385,12 @@ def _prepare(name: str, data_dir: str | None, manual_dir: pathlib.Path | None
   our two lines (they share stderr with the run's log and left its lines glued to
   a bar)."""
   where = f'files in {manual_dir}' if manual_dir else 'the TFDS download'
-  with _preparing(tfds.builder(name, data_dir=data_dir).data_path.parent):
+  with _preparing(tfds.builder(name, data_dir=data_dir).data_path.parent) as locked:
     builder = tfds.builder(name, data_dir=data_dir)  # made after the wait: sees its result
     if _is_complete(builder):
       return builder
-    _clear_interrupted(builder)
+    if locked:  # unlocked, what is there may be another run's work in progress
+      _clear_interrupted(builder)
     logging.info('Preparing %s from %s into %s (once; later runs read it from there)',
                  name, where, builder.data_path)
     started = time.monotonic()

@@ -193,7 +193,7 @@ def test_resuming_with_another_config_is_refused(smoke_config, lwf_run, field, v
     ('--config.method=icarl --config.icarl.memory_size=5', 'leaves some of the 6 classes'),
     ('--config=configs/default.py --config.data.image_size=100000',
      'needs at least 6.52e+05 GB of host memory for its 70000 images (uint8), and this machine has'),
-    ('--config.data.synthetic.image_size=1', 'set --config.data.synthetic.image_size to 8 or more'),
+    ('--config.data.synthetic.image_size=1', 'data.crop_padding=2 is as large as the 1x1 images'),
     ('--config.method=muc_lwf --config.muc.auxiliary=svhn_cropped --config.data.data_dir=/nonexistent',
      'svhn_cropped'),
 ])
