@@ -1,6 +1,6 @@
 """Default: real Fashion-MNIST, 5 tasks of 2 classes, LwF, ResNet-18 (width 16).
 
-Sized for a 2-core CPU: LwF or finetune finish in about 9 minutes, MFGR (a
+Sized for a 2-core CPU: LwF or finetune finish in about 11 minutes, MFGR (a
 300-step generator per incremental task) in about half an hour. Switch the
 method with `--config.method=...`: any method of mfgr_jax/methods/ or of an
 installed plugin (docs/methods.md; an unknown name lists them).
