@@ -32,7 +32,6 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -45,6 +44,7 @@ from mfgr_jax import cpu_flags
 cpu_flags.use_project_flags()  # as the runs it plans; before anything starts JAX
 
 from mfgr_jax import classifier  # pylint: disable=g-import-not-at-top
+from mfgr_jax import command_line
 from mfgr_jax import console
 from mfgr_jax import experiment as experiments
 from mfgr_jax import parallel
@@ -310,44 +310,60 @@ def check_fits(plans: Sequence[StepPlan], memory_gb: float, where: str) -> None:
 # The command line.
 # ----------------------------------------------------------------------------
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'the config file (with :ARG if it '
-                                          'takes one)', lock_config=False)
-_DEVICES = flags.DEFINE_integer('devices', 0, 'plan for this many devices (0: those here); on '
-                                'CPU they are made with XLA\'s host device count')
-_ACCELERATORS = flags.DEFINE_multi_enum('accelerator', [], list(ACCELERATORS),
-                                        'estimate the time on this accelerator and refuse a step '
-                                        'that does not fit in its memory (repeatable)')
-_MEMORY_GB = flags.DEFINE_float('memory_gb', 0.0, 'refuse a step that needs more memory per '
-                                'device than this many GB (0: no limit but the accelerators\')')
-_UTILISATION = flags.DEFINE_float('utilisation', 0.4, 'the fraction of peak FLOP/s assumed '
-                                  'for the estimate')
-_STEPS = flags.DEFINE_integer('steps', 0, 'also run this many real steps of each kind here')
+_USAGE = ('python -m mfgr_jax.plan --config C [--config.X=Y]... [--devices N] '
+          '[--accelerator NAME]... [--memory_gb G] [--utilisation U] [--steps K]: what each '
+          'step of the run needs, compiled at full size (module docstring of mfgr_jax/plan.py).')
+
+
+def _flag_values() -> flags.FlagValues:
+  """The command line's flags, in their own FlagValues (`command_line`)."""
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'the config file (with :ARG if it takes one)',
+                                  flag_values=values, lock_config=False)
+  flags.DEFINE_integer('devices', 0, 'plan for this many devices (0: those here); on CPU they '
+                       "are made with XLA's host device count", flag_values=values)
+  flags.DEFINE_multi_enum('accelerator', [], list(ACCELERATORS),
+                          'estimate the time on this accelerator and refuse a step that does '
+                          'not fit in its memory (repeatable)', flag_values=values)
+  flags.DEFINE_float('memory_gb', 0.0, 'refuse a step that needs more memory per device than '
+                     "this many GB (0: no limit but the accelerators')", flag_values=values)
+  flags.DEFINE_float('utilisation', 0.4, 'the fraction of peak FLOP/s assumed for the estimate',
+                     flag_values=values)
+  flags.DEFINE_integer('steps', 0, 'also run this many real steps of each kind here',
+                       flag_values=values)
+  return values
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    _fail(f'unexpected argument(s) {" ".join(argv[1:])}; see --helpshort')
-  console.install(verbose=flags.FLAGS.verbosity >= 1)
-  if _CONFIG.value is None:
+  values = _flag_values()
+  extra = command_line.parse('mfgr_jax.plan', _USAGE, values, argv)
+  if extra:
+    _fail(f'unexpected argument(s) {" ".join(extra)}; see --help')
+  if not values['config'].present:
     _fail('give a config: --config configs/<setting>.py')
-  if not 0 < _UTILISATION.value <= 1:
-    _fail(f'--utilisation={_UTILISATION.value} must be in (0, 1]')
-  if _DEVICES.value:  # CPU devices; read when JAX starts its backend, which it has not yet
+  if not 0 < values.utilisation <= 1:
+    _fail(f'--utilisation={values.utilisation} must be in (0, 1]')
+  if values.devices:  # CPU devices; read when JAX starts its backend, which it has not yet
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                               f' --xla_force_host_platform_device_count={_DEVICES.value}')
+                               f' --xla_force_host_platform_device_count={values.devices}')
   try:
+    try:
+      loaded = values.config
+    except Exception as e:  # pylint: disable=broad-except  # the config file itself failed
+      raise UserError(f'cannot load config file {values["config"].config_filename}: '
+                      f'{type(e.__cause__ or e).__name__}: {e.__cause__ or e}') from None
     config, _ = run_config.with_method_settings(
-        _CONFIG.value, config_flags.get_override_values(flags.FLAGS['config']))
-    if _DEVICES.value and _DEVICES.value != jax.device_count():
-      raise UserError(f'--devices={_DEVICES.value} but this machine has {jax.device_count()} '
+        loaded, config_flags.get_override_values(values['config']))
+    if values.devices and values.devices != jax.device_count():
+      raise UserError(f'--devices={values.devices} but this machine has {jax.device_count()} '
                       f'{jax.devices()[0].platform} device(s); plan for those (leave out '
                       '--devices), or plan on a CPU host for another count')
-    _, plans = plan_run(config, _STEPS.value)
-    print(report(flags.FLAGS['config'].config_filename, config, plans, jax.device_count(),
-                 _ACCELERATORS.value, _UTILISATION.value), flush=True)
-    if _MEMORY_GB.value:
-      check_fits(plans, _MEMORY_GB.value, f'--memory_gb={_MEMORY_GB.value:g}')
-    for name in _ACCELERATORS.value:
+    _, plans = plan_run(config, values.steps)
+    print(report(values['config'].config_filename, config, plans, jax.device_count(),
+                 values.accelerator, values.utilisation), flush=True)
+    if values.memory_gb:
+      check_fits(plans, values.memory_gb, f'--memory_gb={values.memory_gb:g}')
+    for name in values.accelerator:
       check_fits(plans, ACCELERATORS[name].memory_gb, name)
   except UserError as e:
     _fail(str(e))
@@ -359,4 +375,7 @@ def _fail(message: str) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  logging.use_absl_handler()  # (absl's app.run would; the flags here are our own)
+  logging.set_verbosity(logging.INFO)
+  console.install(verbose=False)
+  main(sys.argv[1:])
