@@ -110,7 +110,6 @@ def stand_in_dataset(data: ml_collections.ConfigDict) -> Dataset:
 
 def _plan_of(compiled: Any, task: Task, stage: str, steps: int) -> StepPlan:
   memory, cost = compiled.memory_analysis(), compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # a list in older jax
   return StepPlan(task.index, stage, steps,
                   memory.argument_size_in_bytes + memory.output_size_in_bytes +
                   memory.temp_size_in_bytes - memory.alias_size_in_bytes,
@@ -244,18 +243,17 @@ def _duration(hours: float) -> str:
 
 
 def _groups(plans: Sequence[StepPlan]) -> list[tuple[str, list[StepPlan]]]:
-  """Rows of equal figures and step counts over consecutive tasks, by stage."""
-  rows: list[tuple[str, list[StepPlan]]] = []
+  """Rows of equal figures and step counts over consecutive tasks, by stage, each
+  with its tasks ('2' or '1-4')."""
+  rows: list[list[StepPlan]] = []
   for plan in plans:
-    for name, members in rows:
-      same = members[-1]
-      if (same.stage == plan.stage and same.task == plan.task - 1 and same.steps == plan.steps
-          and same.memory_bytes == plan.memory_bytes):
-        members.append(plan)
-        break
+    row = next((r for r in rows if r[-1].stage == plan.stage and r[-1].task == plan.task - 1
+                and r[-1].steps == plan.steps and r[-1].memory_bytes == plan.memory_bytes), None)
+    if row is None:
+      rows.append([plan])
     else:
-      rows.append(('', [plan]))
-  return [(f'{m[0].task}' if len(m) == 1 else f'{m[0].task}-{m[-1].task}', m) for _, m in rows]
+      row.append(plan)
+  return [(f'{r[0].task}' if len(r) == 1 else f'{r[0].task}-{r[-1].task}', r) for r in rows]
 
 
 def report(config_name: str, config: ml_collections.ConfigDict, plans: Sequence[StepPlan],

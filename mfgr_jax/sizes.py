@@ -19,7 +19,9 @@ stride-2 layer pads, so its maps shrink to 1x1, never to nothing).
 import functools
 import math
 import os
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -83,24 +85,27 @@ def evaluation_bytes(width: int, stem: str, image_size: int, channels: int,
           _stem_size(stem, image_size)**2 * width * bytes_per_value)
 
 
+def _parameter_count(model: nn.Module, *inputs: jax.Array, **kwargs: Any) -> int:
+  """The parameters `model.init` makes, from their shapes alone (nothing allocated)."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs, **kwargs))
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes['params']))
+
+
 @functools.lru_cache(maxsize=64)
 def classifier_parameters(depth: int, width: int, stem: str, classes: int, channels: int) -> int:
-  """The ResNet's parameter count (from the shapes alone: nothing is allocated)."""
-  model = resnet(depth, classes, width, stem)
-  # The parameters do not depend on the image size (the ResNet pools globally).
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                             jnp.zeros((1, 32, 32, channels)), train=False))
-  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes['params']))
+  """The ResNet's parameter count; it does not depend on the image size (the ResNet
+  pools globally)."""
+  return _parameter_count(resnet(depth, classes, width, stem), jnp.zeros((1, 32, 32, channels)),
+                          train=False)
 
 
 @functools.lru_cache(maxsize=64)
 def generator_parameters(architecture: str, hidden: int, latent_dim: int, image_size: int,
                          channels: int) -> int:
-  """The generator's parameter count (from the shapes alone)."""
-  model = Generator(image_size=image_size, channels=channels, latent_dim=latent_dim,
-                    hidden=hidden, architecture=architecture)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, latent_dim))))
-  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes['params']))
+  """The generator's parameter count."""
+  return _parameter_count(Generator(image_size=image_size, channels=channels,
+                                    latent_dim=latent_dim, hidden=hidden,
+                                    architecture=architecture), jnp.zeros((2, latent_dim)))
 
 
 def _image_size_field(data: ml_collections.ConfigDict) -> str:
