@@ -5,7 +5,8 @@
       [--reference METHOD] [--title TITLE]
 
 RUNS are run workdirs, folders of runs (a study's KEEP folder) or quoted glob
-patterns (see `run_dirs`). It reads every run's `results.json` and writes
+patterns (see `run_dirs`), each optionally as LABEL=RUNS to give those runs a row of
+their own, LABEL, in place of their method's (`run_labels`). It reads every run's `results.json` and writes
 DIR/report.md: the accuracy after each
 task per method with the average incremental accuracy, forgetting and average
 improvement (the layout of the paper's Tables 5-8), old/new and named groups of
@@ -67,31 +68,48 @@ def run_dirs(args: Sequence[str]) -> list[str]:
   matching folders that hold one. Folders and patterns list their runs in natural order
   (seed2 before seed10) and leave out a study's task-0 models; several patterns give the
   methods in the order wanted, since the report lists methods in the order of the runs.
+  Any of them may carry a label, LABEL=RUNS (`run_labels`).
   """
-  found = []
+  return list(run_labels(args))
+
+
+def run_labels(args: Sequence[str]) -> dict[str, str | None]:
+  """`run_dirs`'s runs, each with the label its argument gave it (LABEL=RUNS, a LABEL
+  without '/') or None. A labelled run is reported in the rows of its label instead of
+  its method's, so that runs of one method with other settings (a study's variants)
+  keep their own rows; the first label a run gets holds."""
+  found = {}
   for arg in args:
-    folder = pathlib.Path(arg)
-    if any(char in arg for char in '*?['):
-      runs = _runs_among(glob.glob(arg))
+    label, equals, named = arg.partition('=')
+    if not equals or not label.strip() or '/' in label:
+      label, named = None, arg
+    folder = pathlib.Path(named)
+    if any(char in named for char in '*?['):
+      runs = _runs_among(glob.glob(named))
       if not runs:
-        raise _error(f'{arg} matches no run (no folder that holds {FILE_NAME})')
+        raise _error(f'{named} matches no run (no folder that holds {FILE_NAME})')
     elif folder.is_dir() and not (folder / FILE_NAME).exists():
       # A folder of runs; else a run without results.json, which load_runs names.
-      runs = _runs_among([str(sub) for sub in folder.iterdir()]) or [arg]
+      runs = _runs_among([str(sub) for sub in folder.iterdir()]) or [named]
     else:
-      runs = [arg]
-    found += [run for run in runs if run not in found]
+      runs = [named]
+    for run in runs:
+      found.setdefault(run, label and label.strip())
   return found
 
 
-def load_runs(dirs: Sequence[str]) -> Runs:
-  """Reads each run's results; all must share the first run's dataset, class order and tasks."""
+def load_runs(dirs: Sequence[str], labels: dict[str, str | None] | None = None) -> Runs:
+  """Reads each run's results; all must share the first run's dataset, class order and
+  tasks. A run with a label in `labels` (`run_labels`) is reported as that label's, in
+  place of its method (its results.json is only read)."""
   runs = {}
   for run in dirs:
     runs[run] = read_results(run)
     if runs[run] is None:
       raise _error(f'{pathlib.Path(run) / FILE_NAME} is missing or unreadable; pass workdirs '
                    'of runs that finished at least one task, folders of them or a glob')
+    if (labels or {}).get(run):
+      runs[run] = {**runs[run], 'method': labels[run]}
   first = dirs[0]
   for run, results in runs.items():
     for key in _SETTING:
@@ -393,7 +411,9 @@ _USAGE = ('python -m mfgr_jax.report RUNS... --out DIR [--groups NAME=IDS]... '
           '[--classes IDS] [--confusion IDS] [--reference METHOD] [--title TEXT]: writes '
           'DIR/report.md and its charts from the results.json of several runs of one setting '
           '(methods x seeds). RUNS: run workdirs, folders of them (a study\'s KEEP folder, '
-          'its task0-seed* models left out) or quoted glob patterns such as \'runs/mfgr-seed*\'.')
+          'its task0-seed* models left out) or quoted glob patterns such as \'runs/mfgr-seed*\', '
+          'each optionally LABEL=RUNS to report those runs in a row LABEL instead of their '
+          'method\'s.')
 
 
 def _parse(argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
@@ -409,7 +429,8 @@ def _parse(argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
 
 def main(argv: Sequence[str]) -> None:
   args, run_args = _parse(argv)
-  runs = load_runs(run_dirs(run_args))
+  labels = run_labels(run_args)
+  runs = load_runs(list(labels), labels)
   groups = dict(_group(spec) for spec in args.groups)
   classes = _label_ids(args.classes, '--classes') if args.classes else []
   confusion = _label_ids(args.confusion, '--confusion') if args.confusion else []

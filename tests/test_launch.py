@@ -59,8 +59,11 @@ def _report_runs(report_call: list[str], runs: pathlib.Path) -> tuple[list[str],
   """(the RUNS arguments the script gave the report, the runs the report reads from them),
   both relative to `runs`."""
   args = list(itertools.takewhile(lambda arg: not arg.startswith('-'), report_call[2:]))
-  relative = lambda paths: [str(pathlib.Path(path).relative_to(runs)) for path in paths]
-  return relative(args), relative(report.run_dirs(args))
+  relative = lambda path: str(pathlib.Path(path).relative_to(runs))
+  # A labelled argument (LABEL=RUNS) keeps its label.
+  labelled = lambda arg: (f'{arg.partition("=")[0]}={relative(arg.partition("=")[2])}'
+                          if '=' in arg else relative(arg))
+  return [labelled(arg) for arg in args], [relative(run) for run in report.run_dirs(args)]
 
 
 def _flag(call: list[str], name: str) -> str:
@@ -158,6 +161,7 @@ def test_official_code_options_runs_both_variants_from_the_kept_task0_model(tmp_
       'abd=--config.generator.learning_rate=0.001',
       'rdfcil=--config.generator.sample_statistics=running']
   patterns, runs = _report_runs(report, tmp_path / 'out' / 'runs')
-  assert patterns == ['defaults/abd-seed*', 'code_generator/rdfcil-seed*']
+  assert patterns == ['abd defaults=defaults/abd-seed*',
+                      'rdfcil code_generator=code_generator/rdfcil-seed*']
   # Neither a variant's copy of the task-0 model nor a run of another method.
   assert runs == ['defaults/abd-seed0', 'code_generator/rdfcil-seed0']

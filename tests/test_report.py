@@ -299,3 +299,24 @@ def test_the_report_imports_none_of_the_training_stack():
       capture_output=True, text=True, timeout=120, check=True)
   heavy = {'jax', 'jaxlib', 'flax', 'optax', 'orbax', 'clu', 'tensorflow'}
   assert heavy & {name.split('.')[0] for name in process.stdout.split()} == set()
+
+
+def test_labelled_runs_get_rows_of_their_own_instead_of_their_method_s(tmp_path):
+  keep = _study(tmp_path)
+  variant = tmp_path / 'variant'
+  _write_runs(variant, {'mfgr-seed2': _results('mfgr', 2, accuracy=(100.0, 90.0, 40.0))})
+  args = [f'mfgr, defaults={keep}/mfgr-seed*', f'mfgr, variant={variant}', f'{keep}/*-seed*']
+  assert report.run_labels(args) == {
+      str(keep / 'mfgr-seed2'): 'mfgr, defaults', str(keep / 'mfgr-seed10'): 'mfgr, defaults',
+      str(variant / 'mfgr-seed2'): 'mfgr, variant', str(keep / 'lwf-seed0'): None}
+  out = tmp_path / 'out'
+  report.main([*args, '--out', str(out)])
+  rows = _section((out / 'report.md').read_text(), 'Accuracy after each task')[2:]
+  # Each label its own row, its runs only: the variant's one run is not averaged in.
+  assert [row.split(' | ')[:2] for row in rows] == [
+      ['| mfgr, defaults', '2'], ['| mfgr, variant', '1'], ['| lwf', '1']]
+  assert _row(rows, 'mfgr, variant').startswith('| mfgr, variant | 1 | 100.00 | 90.00 | 40.00 |')
+  # A path with '=' after a '/' is a path, not a label.
+  odd = tmp_path / 'runs' / 'lr=0.1'
+  _write_runs(odd.parent, {'lr=0.1': _results('lwf', 0)})
+  assert report.run_labels([str(odd)]) == {str(odd): None}
