@@ -70,6 +70,11 @@ def rounded(value: float | None, digits: int = 2) -> str:
   return '–' if value is None else f'{value:.{digits}f}'
 
 
+def byte_size(size: float) -> str:
+  """A size in bytes for a person: GB (2**30 bytes) from one GB up, MB below."""
+  return f'{size / 2**30:.3g} GB' if size >= 2**30 else f'{size / 2**20:.3g} MB'
+
+
 def pace(step: int, total_steps: int, timed_from: tuple[int, float] | None) -> str:
   """'R steps/s, H:MM:SS left' of the stage, timed from the step after the one that
   compiled (so that compiling never shows as a crawl); 'compiled' at that step."""

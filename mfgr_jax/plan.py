@@ -47,9 +47,9 @@ from mfgr_jax import classifier  # pylint: disable=g-import-not-at-top
 from mfgr_jax import command_line
 from mfgr_jax import console
 from mfgr_jax import experiment as experiments
+from mfgr_jax import learn
 from mfgr_jax import parallel
 from mfgr_jax import run_config
-from mfgr_jax import train
 from mfgr_jax.data.loading import Dataset, image_shape, num_classes, split_sizes
 from mfgr_jax.errors import UserError
 from mfgr_jax.scenario import Task
@@ -185,7 +185,7 @@ def plan_task(experiment: experiments.Experiment, task: Task, runner: PlanRunner
     carried = Carried(experiment.variables_like(task.num_old),
                       method.state_like(experiment, earlier),
                       method.stage_one.carried_like(experiment))
-  variables, _, _ = train.learn_task(experiment, task, carried, runner, None, 0)
+  variables, _, _ = learn.learn_task(experiment, task, carried, runner, None, 0)
   # Evaluation: the argmax of the logits (the default `Method.predict`).
   batch = experiment.config.eval_batch_size
   predict = classifier.make_predict_step(experiment.model(task.num_seen),
@@ -234,10 +234,6 @@ def _steps(experiment: experiments.Experiment, task: Task, stage: str) -> int:
 # ----------------------------------------------------------------------------
 
 
-def _size(size: float) -> str:
-  return f'{size / 2**30:.3g} GB' if size >= 2**30 else f'{size / 2**20:.3g} MB'
-
-
 def _duration(hours: float) -> str:
   return f'{hours:.3g} hours' if hours >= 1 else f'{hours * 60:.2g} minutes'
 
@@ -269,10 +265,10 @@ def report(config_name: str, config: ml_collections.ConfigDict, plans: Sequence[
            '|---|---|---:|---:|---:|---:|' + ('---:|---:|' if measured else '')]
   for tasks, members in _groups(plans):
     first = members[0]
-    row = (f'| {tasks} | {first.stage} | {first.steps} | {_size(first.memory_bytes)} | '
-           f'{_size(first.temp_bytes)} | {first.flops / 1e9:.3g} |')
+    row = (f'| {tasks} | {first.stage} | {first.steps} | {console.byte_size(first.memory_bytes)} | '
+           f'{console.byte_size(first.temp_bytes)} | {first.flops / 1e9:.3g} |')
     if measured:
-      row += (f' {first.seconds_per_step:.3g} | {_size(first.peak_rss_bytes)} |'
+      row += (f' {first.seconds_per_step:.3g} | {console.byte_size(first.peak_rss_bytes)} |'
               if first.seconds_per_step is not None else ' | |')
     lines.append(row)
   total_flops = sum(p.steps * p.flops for p in plans) * devices
@@ -280,7 +276,7 @@ def report(config_name: str, config: ml_collections.ConfigDict, plans: Sequence[
   peak = max(plans, key=lambda p: p.memory_bytes)
   lines += ['', f'Training steps: {steps}; total work: {total_flops / 1e15:.3g} PFLOP '
             f'(XLA\'s count, every device); largest step: {peak.stage} of task {peak.task}, '
-            f'{_size(peak.memory_bytes)} per device.']
+            f'{console.byte_size(peak.memory_bytes)} per device.']
   for accelerator in accelerators:
     device = ACCELERATORS[accelerator]
     peak_flops = (device.float32_tflops if float32 else device.bfloat16_tflops) * 1e12
@@ -299,8 +295,9 @@ def check_fits(plans: Sequence[StepPlan], memory_gb: float, where: str) -> None:
   """Refuses, in one line, a step that needs more than `memory_gb` per device."""
   worst = max(plans, key=lambda p: p.memory_bytes)
   if worst.memory_bytes > memory_gb * 2**30:
-    raise UserError(f'the {worst.stage} step of task {worst.task} needs {_size(worst.memory_bytes)} '
-                    f'per device and {where} has {memory_gb:g} GB; lower its batch size, '
+    raise UserError(f'the {worst.stage} step of task {worst.task} needs '
+                    f'{console.byte_size(worst.memory_bytes)} per device and {where} has '
+                    f'{memory_gb:g} GB; lower its batch size, '
                     'model.width or the image size, or use more devices (--devices)')
 
 

@@ -28,6 +28,7 @@ import ml_collections
 
 from mfgr_jax import inversion
 from mfgr_jax import parallel
+from mfgr_jax.console import byte_size
 from mfgr_jax.data.loading import image_count, image_shape, num_classes
 from mfgr_jax.errors import UserError
 from mfgr_jax.models.generator import Generator
@@ -52,10 +53,6 @@ def device_memory() -> tuple[int, str]:
   if 'bytes_limit' in stats:
     return stats['bytes_limit'], f'{jax.local_devices()[0].device_kind} memory'
   return host_memory(), 'host memory'
-
-
-def _gb(size: float) -> str:
-  return f'{size / 2**30:.3g} GB'
 
 
 def _stem_size(stem: str, image_size: int) -> int:
@@ -142,16 +139,16 @@ def check_memory(config: ml_collections.ConfigDict, stage_one_section: str) -> N
   if loaded * height * width * channels > host:
     largest = math.isqrt(host // (loaded * channels))
     raise UserError(f'{config.data.name} at {height}x{width}x{channels} needs at least '
-                    f'{_gb(loaded * height * width * channels)} of host memory for its {loaded} '
-                    f'images (uint8), and this machine has {_gb(host)}; set '
+                    f'{byte_size(loaded * height * width * channels)} of host memory for its '
+                    f'{loaded} images (uint8), and this machine has {byte_size(host)}; set '
                     f'--config.{_image_size_field(config.data)} to at most {largest}'
                     f'{" or lower the images per class" if config.data.name == "synthetic" else ""}')
   if stage_one_section == 'deepinversion':
     pool = inversion.pool_size(config.deepinversion) * height * width * channels * _FLOAT32
     if pool > host:
       raise UserError(f'the deepinversion pool of {inversion.pool_size(config.deepinversion)} '
-                      f'images of {height}x{width}x{channels} needs at least {_gb(pool)} '
-                      f'(float32), and this machine has {_gb(host)}; lower '
+                      f'images of {height}x{width}x{channels} needs at least {byte_size(pool)} '
+                      f'(float32), and this machine has {byte_size(host)}; lower '
                       '--config.deepinversion.batches or .batch_size')
   bytes_per_value = 2 if model.compute_dtype == 'bfloat16' else _FLOAT32
   per_image = activation_elements(model.depth, model.width, model.stem, height) * bytes_per_value
@@ -187,6 +184,7 @@ def check_memory(config: ml_collections.ConfigDict, stage_one_section: str) -> N
               f'fit beside the parameters); lower --config.{field} or the image size')
     raise UserError(
         f'a step with {field}={batch} of {height}x{width} images needs at least '
-        f'{_gb(needed)} per device ({_gb(parameters)} of parameters, with their gradients and '
-        f'optimizer state where trained, {_gb(per_device * image_bytes)} of activations for '
-        f'{per_device} images), and a device has {_gb(memory)} of {what} ({room}')
+        f'{byte_size(needed)} per device ({byte_size(parameters)} of parameters, with their '
+        f'gradients and optimizer state where trained, {byte_size(per_device * image_bytes)} of '
+        f'activations for {per_device} images), and a device has {byte_size(memory)} of {what} '
+        f'({room}')

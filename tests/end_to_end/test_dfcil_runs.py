@@ -57,22 +57,28 @@ def test_rdfcil_runs_its_head_phase_and_logs_its_terms(rdfcil_run):
   assert all(value > 0 for value in scalars(rdfcil_run, 'classifier/rkd'))
 
 
-def test_abd_killed_in_stage_one_resumes_identically(tmp_path, abd_run):
-  signal_after_checkpoint(tmp_path, 28, 38, *ABD)
-  rerun = run_main(f'--workdir={tmp_path}', *ABD)
+def resumed_after_kills(workdir, args: tuple[str, ...], *windows: tuple[int, int]
+                        ) -> tuple[str, str]:
+  """kill -9s `main --workdir WORKDIR ARGS` at a checkpoint in each (first, last)
+  window of global steps in turn, then runs it again to the end; returns the last
+  killed run's stderr and the finished rerun's."""
+  killed = [signal_after_checkpoint(workdir, first, last, *args)[1] for first, last in windows]
+  rerun = run_main(f'--workdir={workdir}', *args)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert 'Resuming task 1 generator at step' in rerun.stderr
+  return killed[-1], rerun.stderr
+
+
+def test_abd_killed_in_stage_one_resumes_identically(tmp_path, abd_run):
+  _, resumed = resumed_after_kills(tmp_path, ABD, (28, 38))
+  assert 'Resuming task 1 generator at step' in resumed
   assert comparable(load_results(tmp_path)) == comparable(load_results(abd_run))
 
 
 def test_rdfcil_killed_in_stage_one_then_in_its_head_phase_resumes_identically(tmp_path,
                                                                                rdfcil_run):
-  signal_after_checkpoint(tmp_path, 28, 38, *RDFCIL)
-  _, stderr = signal_after_checkpoint(tmp_path, 86, 116, *RDFCIL)
-  assert 'Resuming task 1 generator at step' in stderr
-  rerun = run_main(f'--workdir={tmp_path}', *RDFCIL)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert 'Resuming task 1 head phase at step' in rerun.stderr
+  killed, resumed = resumed_after_kills(tmp_path, RDFCIL, (28, 38), (86, 116))
+  assert 'Resuming task 1 generator at step' in killed
+  assert 'Resuming task 1 head phase at step' in resumed
   assert comparable(load_results(tmp_path)) == comparable(load_results(rdfcil_run))
 
 
@@ -81,12 +87,9 @@ def test_abd_sampling_with_running_statistics_resumes_identically_in_both_stages
   uninterrupted = finished_run(tmp_path_factory, 'abd_running', *ABD_RUNNING)
   # Stage II replays through the running statistics: other losses than batch statistics.
   assert scalars(uninterrupted, 'classifier/head_ce') != scalars(abd_run, 'classifier/head_ce')
-  signal_after_checkpoint(tmp_path, 28, 38, *ABD_RUNNING)  # in stage I
-  _, stderr = signal_after_checkpoint(tmp_path, 60, 70, *ABD_RUNNING)  # in stage II
-  assert 'Resuming task 1 generator at step' in stderr
-  rerun = run_main(f'--workdir={tmp_path}', *ABD_RUNNING)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert 'Resuming task 1 at step' in rerun.stderr
+  killed, resumed = resumed_after_kills(tmp_path, ABD_RUNNING, (28, 38), (60, 70))  # I, II
+  assert 'Resuming task 1 generator at step' in killed
+  assert 'Resuming task 1 at step' in resumed
   assert comparable(load_results(tmp_path)) == comparable(load_results(uninterrupted))
 
 
@@ -95,10 +98,7 @@ def test_a_warm_started_generator_resumes_identically_after_kills(tmp_path, tmp_
   assert len(load_results(uninterrupted)['accuracy']) == 3
   # Killed in task 1's stage II (the generator's state is in that checkpoint), then in
   # task 2's stage I (its start came from task 1's checkpoint).
-  signal_after_checkpoint(tmp_path, 60, 70, *ABD_WARM)
-  _, stderr = signal_after_checkpoint(tmp_path, 80, 100, *ABD_WARM)
-  assert 'Resuming task 1 at step' in stderr
-  rerun = run_main(f'--workdir={tmp_path}', *ABD_WARM)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert 'Resuming task 2 generator at step' in rerun.stderr
+  killed, resumed = resumed_after_kills(tmp_path, ABD_WARM, (60, 70), (80, 100))
+  assert 'Resuming task 1 at step' in killed
+  assert 'Resuming task 2 generator at step' in resumed
   assert comparable(load_results(tmp_path)) == comparable(load_results(uninterrupted))
