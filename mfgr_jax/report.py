@@ -6,8 +6,8 @@
 
 RUNS are run workdirs, folders of runs (a study's KEEP folder) or quoted glob
 patterns (see `run_dirs`), each optionally as LABEL=RUNS to give those runs a row of
-their own, LABEL, in place of their method's (`run_labels`). It reads every run's `results.json` and writes
-DIR/report.md: the accuracy after each
+their own, LABEL, in place of their method's (`run_labels`). It reads every run's
+`results.json` and writes DIR/report.md: the accuracy after each
 task per method with the average incremental accuracy, forgetting and average
 improvement (the layout of the paper's Tables 5-8), old/new and named groups of
 classes after the last task with the wall time of each stage, per-class accuracy
@@ -81,7 +81,8 @@ def run_labels(args: Sequence[str]) -> dict[str, str | None]:
   found = {}
   for arg in args:
     label, equals, named = arg.partition('=')
-    if not equals or not label.strip() or '/' in label:
+    label = label.strip()
+    if not equals or not label or '/' in label:
       label, named = None, arg
     folder = pathlib.Path(named)
     if any(char in named for char in '*?['):
@@ -94,7 +95,7 @@ def run_labels(args: Sequence[str]) -> dict[str, str | None]:
     else:
       runs = [named]
     for run in runs:
-      found.setdefault(run, label and label.strip())
+      found.setdefault(run, label)
   return found
 
 
