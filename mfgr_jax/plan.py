@@ -265,8 +265,9 @@ def report(config_name: str, config: ml_collections.ConfigDict, plans: Sequence[
            '|---|---|---:|---:|---:|---:|' + ('---:|---:|' if measured else '')]
   for tasks, members in _groups(plans):
     first = members[0]
-    row = (f'| {tasks} | {first.stage} | {first.steps} | {console.byte_size(first.memory_bytes)} | '
-           f'{console.byte_size(first.temp_bytes)} | {first.flops / 1e9:.3g} |')
+    row = (f'| {tasks} | {first.stage} | {first.steps} | '
+           f'{console.byte_size(first.memory_bytes)} | {console.byte_size(first.temp_bytes)} | '
+           f'{first.flops / 1e9:.3g} |')
     if measured:
       row += (f' {first.seconds_per_step:.3g} | {console.byte_size(first.peak_rss_bytes)} |'
               if first.seconds_per_step is not None else ' | |')

@@ -136,13 +136,14 @@ def check_memory(config: ml_collections.ConfigDict, stage_one_section: str) -> N
   height, width, channels = image_shape(config.data)
   model, host = config.model, host_memory()
   loaded = image_count(config.data) * _classes_loaded(config) // num_classes(config.data)
-  if loaded * height * width * channels > host:
+  dataset_bytes = loaded * height * width * channels  # uint8
+  if dataset_bytes > host:
     largest = math.isqrt(host // (loaded * channels))
+    fewer = ' or lower the images per class' if config.data.name == 'synthetic' else ''
     raise UserError(f'{config.data.name} at {height}x{width}x{channels} needs at least '
-                    f'{byte_size(loaded * height * width * channels)} of host memory for its '
-                    f'{loaded} images (uint8), and this machine has {byte_size(host)}; set '
-                    f'--config.{_image_size_field(config.data)} to at most {largest}'
-                    f'{" or lower the images per class" if config.data.name == "synthetic" else ""}')
+                    f'{byte_size(dataset_bytes)} of host memory for its {loaded} images '
+                    f'(uint8), and this machine has {byte_size(host)}; set '
+                    f'--config.{_image_size_field(config.data)} to at most {largest}{fewer}')
   if stage_one_section == 'deepinversion':
     pool = inversion.pool_size(config.deepinversion) * height * width * channels * _FLOAT32
     if pool > host:
